@@ -1,0 +1,46 @@
+"""Reading and writing adapter files: atomic writes, and safetensors loading that never unpickles."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from reft_cli.errors import ReftError
+
+WEIGHTS_NAME = "reft_model.safetensors"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ReftError(f"{path.parent} is not a complete reft adapter: {path.name} is missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ReftError(f"{path} is corrupt ({err}); re-save the adapter or use an earlier checkpoint") from err
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
