@@ -1,8 +1,26 @@
-"""reft: Representation Finetuning (ReFT) of language models, from the command line and from Python."""
+"""reft: Representation Finetuning (ReFT) of language models, from the command line and from Python.
 
-from reft_cli.adapter_config import InterventionConfig, ReftConfig
-from reft_cli.errors import ReftError
-from reft_cli.model import ReftModel, get_reft_model
+The Python API is imported lazily so that `reft --help` does not wait for torch and transformers.
+"""
 
-__all__ = ["InterventionConfig", "ReftConfig", "ReftError", "ReftModel", "get_reft_model"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_API = {
+    "InterventionConfig": "reft_cli.adapter_config",
+    "ReftConfig": "reft_cli.adapter_config",
+    "ReftError": "reft_cli.errors",
+    "ReftModel": "reft_cli.model",
+    "get_reft_model": "reft_cli.model",
+}
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'reft_cli' has no attribute {name!r}")

@@ -69,7 +69,9 @@ class ReftConfig:
 
     def __post_init__(self) -> None:
         self.interventions = [
-            iv if isinstance(iv, InterventionConfig) else _from_dict(InterventionConfig, iv, "intervention")
+            iv
+            if isinstance(iv, InterventionConfig)
+            else _from_dict(InterventionConfig, iv, "intervention")
             for iv in self.interventions
         ]
         if not self.interventions:
@@ -78,7 +80,9 @@ class ReftConfig:
             iv.validate()
         self.position_spec  # noqa: B018 - parse now so a bad string fails at construction
         if self.task_type not in TASK_TYPES:
-            raise ReftError(f"unknown task_type {self.task_type!r}; choose one of {', '.join(TASK_TYPES)}")
+            raise ReftError(
+                f"unknown task_type {self.task_type!r}; choose one of {', '.join(TASK_TYPES)}"
+            )
 
     @property
     def position_spec(self) -> PositionSpec:
@@ -172,7 +176,9 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        warnings.warn(f"{where}: ignoring unknown keys {unknown} (written by a newer reft?)", stacklevel=3)
+        warnings.warn(
+            f"{where}: ignoring unknown keys {unknown} (written by a newer reft?)", stacklevel=3
+        )
     required = [
         name
         for name, f in fields.items()
@@ -180,7 +186,9 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     ]
     missing = [name for name in required if name not in data]
     if missing:
-        raise ReftError(f"{where}: missing required keys {missing}; the adapter is corrupt or incomplete")
+        raise ReftError(
+            f"{where}: missing required keys {missing}; the adapter is corrupt or incomplete"
+        )
     try:
         return cls(**{k: v for k, v in data.items() if k in fields})
     except TypeError as err:

@@ -31,7 +31,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
-        raise ReftError(f"{path} is corrupt ({err}); re-save the adapter or use an earlier checkpoint") from err
+        raise ReftError(
+            f"{path} is corrupt ({err}); re-save the adapter or use an earlier checkpoint"
+        ) from err
 
 
 def _atomic(path: Path, write) -> None:

@@ -86,7 +86,9 @@ def hidden_size(model: nn.Module) -> int:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     size = getattr(text, "hidden_size", None)
     if not isinstance(size, int):
-        raise ReftError(f"{type(model).__name__}'s config has no hidden_size; cannot size interventions")
+        raise ReftError(
+            f"{type(model).__name__}'s config has no hidden_size; cannot size interventions"
+        )
     return size
 
 

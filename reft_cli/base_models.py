@@ -69,6 +69,8 @@ def resolve(name: str) -> tuple[str, dict[str, Any]]:
     """The path or hub id transformers should load for `name`, and extra from_pretrained kwargs."""
     embedded = EMBEDDED.get(name)
     if embedded is None:
+        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+            raise ReftError(f"model folder {name} does not exist; check the path")
         return name, {}
     source = embedded.source()
     if embedded.gguf_file is None:
@@ -129,7 +131,8 @@ def load_model(
     except OSError as err:
         raise ReftError(
             f"could not load model {name!r}: {str(err).splitlines()[0]} "
-            "(check the name; hub models need network access or a local folder)"
+            "(check the name; hub models need network access, or set HF_HUB_OFFLINE=1 and use a "
+            "local folder)"
         ) from err
     model.name_or_path = name
     return model.eval()
@@ -141,7 +144,9 @@ def load_tokenizer(name: str, revision: str | None = None) -> PreTrainedTokenize
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, **extra)
     except OSError as err:
-        raise ReftError(f"could not load the tokenizer of {name!r}: {str(err).splitlines()[0]}") from err
+        raise ReftError(
+            f"could not load the tokenizer of {name!r}: {str(err).splitlines()[0]}"
+        ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -95,8 +95,12 @@ class ReftModel(nn.Module):
         if reference is None:
             raise ReftError("forward needs input_ids or inputs_embeds")
         if attention_mask is None:
-            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-        self._positions = self._resolve_positions(attention_mask, prompt_lengths, intervention_positions)
+            attention_mask = torch.ones(
+                reference.shape[:2], dtype=torch.long, device=reference.device
+            )
+        self._positions = self._resolve_positions(
+            attention_mask, prompt_lengths, intervention_positions
+        )
         for rotation in self._rotations:
             rotation.refresh()
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -121,7 +125,9 @@ class ReftModel(nn.Module):
             explicit = dict.fromkeys(groups, explicit)
         missing = [g for g in groups if g not in explicit]
         if missing:
-            raise ReftError(f"intervention_positions lacks groups {missing}; this adapter has {list(groups)}")
+            raise ReftError(
+                f"intervention_positions lacks groups {missing}; this adapter has {list(groups)}"
+            )
         return {
             g: Positions.from_explicit(torch.as_tensor(explicit[g], device=attention_mask.device))
             for g in groups
@@ -131,11 +137,16 @@ class ReftModel(nn.Module):
         module, kind = self.architecture.site(layer, component)
         if kind == "input":
 
-            def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            def pre_hook(
+                _module: nn.Module, args: tuple, kwargs: dict
+            ) -> tuple[tuple, dict] | None:
                 if args:
                     return (self._edit(index, args[0]), *args[1:]), kwargs
                 if "hidden_states" in kwargs:
-                    return args, {**kwargs, "hidden_states": self._edit(index, kwargs["hidden_states"])}
+                    return args, {
+                        **kwargs,
+                        "hidden_states": self._edit(index, kwargs["hidden_states"]),
+                    }
                 raise ReftError(f"cannot find the hidden states passed to layer {layer}")
 
             return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
@@ -145,7 +156,9 @@ class ReftModel(nn.Module):
                 return self._edit(index, output)
             if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
                 return (self._edit(index, output[0]), *output[1:])
-            raise ReftError(f"unexpected output type {type(output).__name__} at layer {layer} {component}")
+            raise ReftError(
+                f"unexpected output type {type(output).__name__} at layer {layer} {component}"
+            )
 
         return module.register_forward_hook(hook)
 
@@ -207,7 +220,9 @@ class ReftModel(nn.Module):
         prefix = getattr(self.model, "base_model_prefix", "") + "."
         names = [n for n, _ in self.model.named_parameters() if not n.startswith(prefix)]
         if not names:
-            raise ReftError(f"{type(self.model).__name__} has no head outside its backbone to train")
+            raise ReftError(
+                f"{type(self.model).__name__} has no head outside its backbone to train"
+            )
         return names
 
     def _check_shape(self, config: ReftConfig) -> None:
@@ -226,7 +241,9 @@ class ReftModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write `reft_model.safetensors` then `reft_config.json`, each atomically."""
         directory = Path(directory)
-        save_tensors(directory / WEIGHTS_NAME, self.trainable_state(), {"format": "pt", "library": "reft"})
+        save_tensors(
+            directory / WEIGHTS_NAME, self.trainable_state(), {"format": "pt", "library": "reft"}
+        )
         self.reft_config.save(directory)
 
     @classmethod

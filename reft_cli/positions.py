@@ -32,7 +32,8 @@ class PositionSpec:
         ok = (
             match is not None
             and (match["first"] is not None or match["last"] is not None)
-            and (match["plus"] is not None) == (match["first"] is not None and match["last"] is not None)
+            and (match["plus"] is not None)
+            == (match["first"] is not None and match["last"] is not None)
         )
         if not ok:
             raise ReftError(
@@ -75,7 +76,8 @@ class Positions:
     def expand(self, repeats: int) -> Positions:
         """Each row repeated `repeats` times in place (for beams and several returned sequences)."""
         return Positions(
-            self.index.repeat_interleave(repeats, dim=0), self.mask.repeat_interleave(repeats, dim=0)
+            self.index.repeat_interleave(repeats, dim=0),
+            self.mask.repeat_interleave(repeats, dim=0),
         )
 
 
@@ -115,7 +117,8 @@ def compute_positions(
     if share_weights:
         return {
             "all": Positions(
-                torch.cat([first.index, last.index], dim=1), torch.cat([first.mask, last.mask], dim=1)
+                torch.cat([first.index, last.index], dim=1),
+                torch.cat([first.mask, last.mask], dim=1),
             )
         }
     named = {"first": first, "last": last}

@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+# Tests never reach the model hub: fail fast instead of retrying a blocked network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 VOCAB = 128
 
 # Small enough to run in milliseconds; each family's own config names.
 TINY_CONFIGS = {
-    "llama": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
-    "mistral": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
-    "qwen2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "llama": dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "mistral": dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "qwen2": dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2
+    ),
     "qwen3": dict(
-        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
     ),
     "gemma": dict(
-        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
     ),
     "phi3": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, pad_token_id=0),
     "gpt2": dict(n_embd=32, n_head=4, n_positions=64),

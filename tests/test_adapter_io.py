@@ -76,7 +76,9 @@ def test_checkpoint_folder_is_itself_loadable(tmp_path):
     checkpoint = tmp_path / "checkpoint-10"
     reft.save_pretrained(checkpoint)
     (checkpoint / "optimizer.safetensors").write_bytes(b"training state lives beside the adapter")
-    assert torch.equal(outputs(ReftModel.from_pretrained(checkpoint, tiny_model("llama"))), outputs(reft))
+    assert torch.equal(
+        outputs(ReftModel.from_pretrained(checkpoint, tiny_model("llama"))), outputs(reft)
+    )
 
 
 def test_loading_names_the_base_model_when_none_is_given(tmp_path, monkeypatch):
@@ -98,7 +100,7 @@ def test_loading_names_the_base_model_when_none_is_given(tmp_path, monkeypatch):
 def test_missing_folder_and_missing_config_are_clear(tmp_path):
     with pytest.raises(ReftError, match="does not exist"):
         ReftModel.from_pretrained(tmp_path / "nope", tiny_model())
-    with pytest.raises(ReftError, match="reft_config.json is missing"):
+    with pytest.raises(ReftError, match=r"reft_config\.json is missing"):
         ReftModel.from_pretrained(tmp_path, tiny_model())
 
 
@@ -114,7 +116,7 @@ def test_weights_that_do_not_match_the_config_are_a_clear_error(tmp_path):
     tensors = load_file(tmp_path / WEIGHTS_NAME)
     tensors.pop(next(iter(tensors)))
     save_file(tensors, tmp_path / WEIGHTS_NAME)
-    with pytest.raises(ReftError, match="does not match its reft_config.json"):
+    with pytest.raises(ReftError, match=r"does not match its reft_config\.json"):
         ReftModel.from_pretrained(tmp_path, tiny_model())
 
 
@@ -145,7 +147,9 @@ def test_unknown_keys_from_a_newer_format_warn(tmp_path):
 
 def test_adapter_for_another_base_model_is_refused(tmp_path):
     trained().save_pretrained(tmp_path)
-    with pytest.raises(ReftError, match="hidden size 32 and 3 layers, but the base model has 32 and 4"):
+    with pytest.raises(
+        ReftError, match="hidden size 32 and 3 layers, but the base model has 32 and 4"
+    ):
         ReftModel.from_pretrained(tmp_path, tiny_model("llama", num_layers=4))
 
 

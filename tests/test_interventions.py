@@ -41,7 +41,9 @@ def by_hand(iv: Intervention, h: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("name", ["loreft", "noreft", "direft", "orth_direft", "consreft", "lobireft"])
+@pytest.mark.parametrize(
+    "name", ["loreft", "noreft", "direft", "orth_direft", "consreft", "lobireft"]
+)
 def test_formula_matches_hand_computation(name):
     iv = build_intervention(name, D, R)
     with torch.no_grad():  # make every parameter non-trivial, biases included
@@ -61,7 +63,14 @@ def test_noreft_add_bias_puts_a_bias_on_w2():
 
 
 def test_registry_holds_the_six_types():
-    assert set(INTERVENTIONS) >= {"loreft", "noreft", "direft", "orth_direft", "consreft", "lobireft"}
+    assert set(INTERVENTIONS) >= {
+        "loreft",
+        "noreft",
+        "direft",
+        "orth_direft",
+        "consreft",
+        "lobireft",
+    }
     with pytest.raises(ReftError, match="unknown intervention type 'lora'"):
         build_intervention("lora", D, R)
 
@@ -109,7 +118,9 @@ def test_rotation_stays_orthonormal_after_200_optimizer_steps():
     rot = iv.rotation()
     assert torch.linalg.matrix_norm(rot @ rot.T - torch.eye(R)) < 1e-5
     # and it moved: the optimizer really changed R
-    assert not torch.allclose(iv.rotation.weight, build_intervention("loreft", D, R).rotation.weight)
+    assert not torch.allclose(
+        iv.rotation.weight, build_intervention("loreft", D, R).rotation.weight
+    )
 
 
 def test_act_fn_wraps_the_learned_source():

@@ -11,7 +11,9 @@ from .conftest import ENCODERS, TINY_CONFIGS, VOCAB, tiny_model
 
 def wrap(model, layers=(1,), positions="f2+l2", share_weights=True, **kwargs):
     n = model.config.get_text_config().num_hidden_layers
-    config = ReftConfig.for_layers(list(layers), n, positions=positions, share_weights=share_weights, **kwargs)
+    config = ReftConfig.for_layers(
+        list(layers), n, positions=positions, share_weights=share_weights, **kwargs
+    )
     return get_reft_model(model, config)
 
 
@@ -63,7 +65,8 @@ def test_padded_batches_match_rows_run_one_at_a_time(share_weights):
     prompt_lengths = torch.tensor([3, 6, 2])
     with torch.no_grad():
         single = [
-            model(s[None], prompt_lengths=prompt_lengths[i : i + 1]).logits[0] for i, s in enumerate(seqs)
+            model(s[None], prompt_lengths=prompt_lengths[i : i + 1]).logits[0]
+            for i, s in enumerate(seqs)
         ]
         width = max(len(s) for s in seqs)
         for side in ("right", "left"):
@@ -88,7 +91,10 @@ def test_explicit_positions_equal_positions_from_prompt_lengths(llama):
         from_lengths = model(ids, prompt_lengths=torch.tensor([5, 4])).logits
         explicit = model(
             ids,
-            intervention_positions={"first": torch.tensor([[0], [0]]), "last": torch.tensor([[4], [3]])},
+            intervention_positions={
+                "first": torch.tensor([[0], [0]]),
+                "last": torch.tensor([[4], [3]]),
+            },
         ).logits
         other = model(ids, intervention_positions=torch.tensor([[1], [1]])).logits
     assert torch.equal(from_lengths, explicit)
@@ -198,4 +204,6 @@ def test_every_architecture_wraps_runs_and_trains(model_type, component):
     rank = reft.interventions[0]["last"].source.weight  # layer 0 reaches every output
     assert rank.grad.abs().sum() > 0
     if task == "seq_cls":
-        assert reft.head_names and all(model.get_parameter(n).grad is not None for n in reft.head_names)
+        assert reft.head_names and all(
+            model.get_parameter(n).grad is not None for n in reft.head_names
+        )

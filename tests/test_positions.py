@@ -15,7 +15,9 @@ def test_parse_accepts_the_position_language(text, first, last):
     assert PositionSpec.parse(text) == PositionSpec(first, last)
 
 
-@pytest.mark.parametrize("text", ["f-1", "x3", "f7+", "", "+l3", "f7l7", "l7+f7", "f0", "f0+l0", "f1.5"])
+@pytest.mark.parametrize(
+    "text", ["f-1", "x3", "f7+", "", "+l3", "f7l7", "l7+f7", "f0", "f0+l0", "f1.5"]
+)
 def test_parse_rejects_anything_else_with_a_clear_error(text):
     with pytest.raises(ReftError, match="positions"):
         PositionSpec.parse(text)
@@ -29,7 +31,9 @@ def test_groups_tied_and_untied():
 
 
 def rows(index: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    return [[int(i) for i, m in zip(r, k, strict=True) if m] for r, k in zip(index, mask, strict=True)]
+    return [
+        [int(i) for i, m in zip(r, k, strict=True) if m] for r, k in zip(index, mask, strict=True)
+    ]
 
 
 def test_tied_positions_for_right_padded_rows():

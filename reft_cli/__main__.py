@@ -1,0 +1,5 @@
+"""`python -m reft_cli` runs the `reft` command."""
+
+from reft_cli.cli import main
+
+main()
