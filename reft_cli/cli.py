@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from reft_cli.config_validation import ConfigError, render_problems
 from reft_cli.errors import ReftError
 
 app = typer.Typer(
@@ -22,6 +24,80 @@ console = Console()
 @app.callback()
 def _root() -> None:
     """Representation Finetuning (ReFT) of language models."""
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/emoji.yaml."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides with dotted paths."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build everything, show it, then exit."),
+) -> None:
+    """Train a ReFT adapter as CONFIG says; the output folder is the adapter.
+
+    Examples:
+      reft train configs/emoji.yaml
+      reft train configs/emoji.yaml train.num_train_epochs=40 train.output_dir=out/emoji-40
+      reft train configs/emoji.yaml --dry-run
+    """
+    from reft_cli.config import load_config
+
+    run = load_config(_config_path(config), overrides or [])
+    if dry_run:
+        from reft_cli.dry_run import show
+        from reft_cli.trainer import build
+
+        show(build(run), console)
+        return
+    from reft_cli.trainer import Trainer
+
+    trainer = Trainer(run, console)
+    try:
+        summary = trainer.train()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if trainer.main:
+        console.print(summary.table())
+
+
+configs_app = typer.Typer(help="The configs that ship with reft.", no_args_is_help=True)
+app.add_typer(configs_app, name="configs")
+
+
+@configs_app.command("list")
+def configs_list() -> None:
+    """List the shipped configs with the first line of each header."""
+    from reft_cli.shipped import shipped_configs
+
+    for name, summary in shipped_configs():
+        console.print(f"[bold]{name}[/]  {summary}", highlight=False)
+
+
+@configs_app.command("show")
+def configs_show(name: str = typer.Argument(..., help="A name from `reft configs list`.")) -> None:
+    """Print a shipped config."""
+    from reft_cli.shipped import read_config
+
+    console.print(read_config(name), highlight=False, markup=False)
+
+
+@configs_app.command("copy")
+def configs_copy(
+    name: str = typer.Argument(..., help="A name from `reft configs list`."),
+    dest: Path = typer.Argument(..., help="Where to write it (a file or a folder)."),
+) -> None:
+    """Copy a shipped config to edit it; refuses to overwrite an existing file."""
+    from reft_cli.shipped import copy_config
+
+    console.print(f"wrote {copy_config(name, dest)}")
+
+
+def _config_path(config: Path) -> Path:
+    """A config path, or the name of a shipped config (`emoji` or `emoji.yaml`)."""
+    if config.exists():
+        return config
+    from reft_cli.shipped import find_config
+
+    return find_config(str(config)) or config
 
 
 @app.command()
@@ -57,6 +133,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app()
+    except ConfigError as err:
+        console.print(render_problems(err))
+        sys.exit(2)
     except ReftError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
         sys.exit(2)

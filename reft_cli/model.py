@@ -115,12 +115,7 @@ class ReftModel(nn.Module):
         if (prompt_lengths is None) == (explicit is None):
             raise ReftError("pass exactly one of prompt_lengths or intervention_positions")
         if prompt_lengths is not None:
-            return compute_positions(
-                self.reft_config.position_spec,
-                self.reft_config.share_weights,
-                prompt_lengths,
-                attention_mask,
-            )
+            return self.positions_for(prompt_lengths, attention_mask)
         if not isinstance(explicit, Mapping):
             explicit = dict.fromkeys(groups, explicit)
         missing = [g for g in groups if g not in explicit]
@@ -132,6 +127,13 @@ class ReftModel(nn.Module):
             g: Positions.from_explicit(torch.as_tensor(explicit[g], device=attention_mask.device))
             for g in groups
         }
+
+    def positions_for(self, prompt_lengths: Tensor, attention_mask: Tensor) -> dict[str, Positions]:
+        """The positions this adapter edits for a batch, by group."""
+        config = self.reft_config
+        return compute_positions(
+            config.position_spec, config.share_weights, prompt_lengths, attention_mask
+        )
 
     def _register_hook(self, index: int, layer: int, component: str) -> RemovableHandle:
         module, kind = self.architecture.site(layer, component)

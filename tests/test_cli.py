@@ -1,5 +1,6 @@
 """The `reft` command: help, the engine smoke run, and one-line errors."""
 
+import os
 import subprocess
 import sys
 
@@ -12,12 +13,14 @@ from .conftest import needs_smollm2
 
 
 def reft(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess with a wide terminal, so rich does not wrap what tests read."""
     return subprocess.run(
         [sys.executable, "-m", "reft_cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=600,
+        env={**os.environ, "COLUMNS": "250"},
     )
 
 

@@ -1,0 +1,44 @@
+"""Which examples go into which optimizer step, on which process.
+
+The order is a pure function of (seed, epoch), so a resumed run replays exactly the batches an
+uninterrupted run would have seen, and every process agrees on it without communication. A step
+holds `gradient_accumulation_steps` global micro-batches; each process takes every world_size-th row
+of each one, so N processes see the same global batches as one process does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The example indices of every optimizer step of one epoch, as global micro-batches."""
+
+    steps: list[list[list[int]]]
+
+    def shard(self, step: int, rank: int, world_size: int) -> list[list[int]]:
+        """This process's rows of each micro-batch of `step` (possibly empty for tiny batches)."""
+        return [micro[rank::world_size] for micro in self.steps[step]]
+
+
+def plan_epoch(
+    num_examples: int,
+    global_batch_size: int,
+    accumulation_steps: int,
+    seed: int,
+    epoch: int,
+) -> StepPlan:
+    """Shuffle with a generator seeded by (seed, epoch); a last partial step is kept, not dropped."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_examples, generator=generator).tolist()
+    micro = [order[i : i + global_batch_size] for i in range(0, num_examples, global_batch_size)]
+    steps = [micro[i : i + accumulation_steps] for i in range(0, len(micro), accumulation_steps)]
+    return StepPlan(steps)
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int, accumulation_steps: int) -> int:
+    micro = -(-num_examples // global_batch_size)
+    return -(-micro // accumulation_steps)
