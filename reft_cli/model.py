@@ -164,6 +164,50 @@ class ReftModel(nn.Module):
 
         return module.register_forward_hook(hook)
 
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        prompt_lengths: Tensor | None = None,
+        intervention_positions: Tensor | Mapping[str, Tensor] | None = None,
+        **generate_kwargs: Any,
+    ) -> Tensor:
+        """transformers' generate with prompt-only interventions.
+
+        The prefill pass edits the prompt's hidden states; the edited keys and values live on in the
+        KV cache, so decode steps run the plain base model. Without a cache (`use_cache=False`) every
+        step recomputes the sequence with the same prompt edits. Without `prompt_lengths`, each row's
+        whole input is its prompt. Beams and `num_return_sequences` expand the positions.
+        """
+        if self.training:
+            raise ReftError("generate runs in eval mode; call model.eval() first")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if prompt_lengths is None and intervention_positions is None:
+            prompt_lengths = attention_mask.sum(dim=1)
+        self._positions = self._resolve_positions(
+            attention_mask, prompt_lengths, intervention_positions
+        )
+        for rotation in self._rotations:
+            rotation.refresh()
+        handle = None
+        if generate_kwargs.get("use_cache", True):
+            handle = self.model.register_forward_hook(self._end_prefill)
+        try:
+            return self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
+            self._positions = None
+
+    def _end_prefill(self, _module: nn.Module, _args: tuple, _output: Any) -> None:
+        """After the prompt pass, decode steps read the edited prompt from the KV cache only."""
+        self._positions = None
+
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Run the plain base model inside this block (for baselines and comparisons)."""
@@ -177,6 +221,9 @@ class ReftModel(nn.Module):
         positions = self._positions
         if positions is None or not self._enabled:
             return hidden
+        rows = next(iter(positions.values())).index.shape[0]
+        if hidden.shape[0] != rows and hidden.shape[0] % rows == 0:  # beams / several sequences
+            positions = {g: p.expand(hidden.shape[0] // rows) for g, p in positions.items()}
         for group, intervention in self.interventions[index].items():
             hidden = _apply(intervention, hidden, positions[group])
         return hidden

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import is_tensorboard_available, is_wandb_available, set_seed
 from rich.console import Console
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
@@ -100,6 +101,11 @@ class Trainer:
         self.run, self.cfg, self.console = run, run.train, console
         self.start = time.perf_counter()
         self.output_dir = Path(self.cfg.output_dir)
+        # accelerate keeps mixed precision in a process-wide singleton; a second run in the same
+        # process (the Python API, tests) may ask for another, so start from a clean state. The
+        # distributed setup (PartialState) is kept.
+        AcceleratorState._reset_state()
+        _check_tracker(self.cfg.report_to)
         self.accelerator = Accelerator(
             # cpu=True is what makes accelerate set up gloo for a CPU-only torchrun launch.
             cpu=not torch.cuda.is_available(),
@@ -360,6 +366,12 @@ class Trainer:
             self.accelerator.end_training()
         self.accelerator.wait_for_everyone()
         return summary
+
+
+def _check_tracker(report_to: str) -> None:
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    if report_to in available and not available[report_to]():
+        raise ReftError(f"train.report_to={report_to} needs its package: pip install {report_to}")
 
 
 def _targets(labels: torch.Tensor, task_type: str) -> torch.Tensor:

@@ -279,3 +279,14 @@ def test_render_problems_lists_every_problem_in_one_panel():
     assert "2 problems in x.yaml" in shown
     assert "• a.b: unknown key" in shown
     assert "• c.d: [1] is not allowed" in shown
+
+
+def test_readme_documents_every_config_key():
+    import dataclasses
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for section in dataclasses.fields(RunConfig):
+        for key in dataclasses.fields(section.default_factory):
+            name = f"{section.name}.{key.name}"
+            assert f"`{name}`" in readme or f"`{section.name}.*`" in readme, name

@@ -241,3 +241,19 @@ def test_missing_data_file_is_a_clear_error(llama_dir, tmp_path):
     with pytest.raises(ReftError, match=r"nope\.jsonl"):
         fit(run)
     assert not (tmp_path / "out" / "reft_config.json").exists()
+
+
+@pytest.mark.parametrize("settings", [{"bf16": True}, {}])
+def test_bf16_runs_keep_fp32_intervention_weights(llama_dir, data_file, tmp_path, settings):
+    run = config(llama_dir, data_file, tmp_path / "run", max_steps=3, **settings)
+    data = run.to_dict()
+    data["model"]["dtype"] = "bfloat16"
+    summary = fit(RunConfig.from_dict(data))
+    assert summary.final_loss is not None and summary.final_loss == summary.final_loss  # not NaN
+    assert all(t.dtype == torch.float32 for t in weights(tmp_path / "run").values())
+
+
+def test_missing_tracker_package_is_a_clear_error(llama_dir, data_file, tmp_path, monkeypatch):
+    monkeypatch.setattr("reft_cli.trainer.is_tensorboard_available", lambda: False)
+    with pytest.raises(ReftError, match="pip install tensorboard"):
+        fit(config(llama_dir, data_file, tmp_path / "run", report_to="tensorboard"))
