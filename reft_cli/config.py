@@ -180,6 +180,10 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False)
     resume_from_checkpoint: str | None = option(None)  # a checkpoint folder, or "latest"
     report_to: Literal["none", "tensorboard", "wandb"] = option("none")
+    # Reuse the frozen prefix (tokens before the first intervened position) across epochs; the
+    # losses and gradients equal the plain path's. false turns it off for debugging.
+    cache_frozen_prefix: bool = option(True)
+    frozen_cache_budget_mb: int = option(2048, POSITIVE_INT)
     metric_for_best_model: str | None = option(None)
     greater_is_better: bool | None = option(None)
 

@@ -30,6 +30,7 @@ from reft_cli.data import IGNORE_INDEX, Example, LoadedData, collate, load_data
 from reft_cli.errors import ReftError
 from reft_cli.model import ReftModel, get_reft_model
 from reft_cli.model_card import write_model_card
+from reft_cli.prefix_cache import PrefixCache
 from reft_cli.reporting import (
     LOG_NAME,
     PLOT_NAME,
@@ -149,6 +150,11 @@ class Trainer:
             num_training_steps=self.total_steps,
         )
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.prefix_cache = (
+            PrefixCache(self.model, self.cfg.frozen_cache_budget_mb * 2**20)
+            if self.cfg.cache_frozen_prefix and PrefixCache.applies(self.model, run.model.task_type)
+            else None
+        )
         self.progress = Progress()
         if self.resume is not None:
             self.model.load_adapter_weights(self.resume / WEIGHTS_NAME)
@@ -187,9 +193,8 @@ class Trainer:
                     lr="—",
                     speed="—",
                 )
-                tick = time.perf_counter()
                 while self.progress.global_step < self.total_steps:
-                    self._epoch(lambda fields: bar.update(task, advance=1, **fields), tick)
+                    self._epoch(lambda fields: bar.update(task, advance=1, **fields))
         except KeyboardInterrupt:
             self._save_checkpoint()
             self.console.print(
@@ -199,7 +204,7 @@ class Trainer:
             raise
         return self._finish()
 
-    def _epoch(self, update, tick: float) -> None:
+    def _epoch(self, update) -> None:
         progress, cfg = self.progress, self.cfg
         plan = plan_epoch(
             len(self.data.train),
@@ -209,6 +214,7 @@ class Trainer:
             progress.epoch,
         )
         while progress.step_in_epoch < len(plan.steps) and progress.global_step < self.total_steps:
+            step_start = time.perf_counter()
             shards = plan.shard(progress.step_in_epoch, self.accelerator.process_index, self.world)
             loss = self._step([self._batch(rows) for rows in shards if rows])
             progress.global_step += 1
@@ -222,10 +228,9 @@ class Trainer:
                     "epoch": f"{epoch:.2f}",
                     "loss": f"{loss:.4f}",
                     "lr": f"{lr:.2e}",
-                    "speed": f"{1 / max(now - tick, 1e-9):.2f}",
+                    "speed": f"{1 / max(now - step_start, 1e-9):.2f}",
                 }
             )
-            tick = now
             last = progress.global_step == self.total_steps
             if progress.global_step % cfg.logging_steps == 0 or last:
                 self._log(
@@ -242,6 +247,8 @@ class Trainer:
             if not saved and progress.global_step % cfg.save_steps == 0:
                 self._save_checkpoint()
         if progress.step_in_epoch >= len(plan.steps):
+            if progress.epoch == 0 and self.prefix_cache is not None and self.main:
+                self.console.print(self.prefix_cache.describe())
             progress.epoch += 1
             progress.step_in_epoch = 0
 
@@ -264,7 +271,11 @@ class Trainer:
         for i, batch in enumerate(micro):
             sync = acc.no_sync(self.wrapped) if i < len(micro) - 1 else contextlib.nullcontext()
             with sync, acc.autocast():
-                summed, _ = loss_sum(forward(self.wrapped, batch), batch["labels"], task_type)
+                if self.prefix_cache is not None:
+                    logits, labels = self.prefix_cache.forward(self.wrapped, batch)
+                else:
+                    logits, labels = forward(self.wrapped, batch), batch["labels"]
+                summed, _ = loss_sum(logits, labels, task_type)
             acc.backward(summed * self.world / count)
             total += summed.detach().float()
         loss = (acc.reduce(total, "sum") / count).item()

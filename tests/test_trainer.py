@@ -29,7 +29,7 @@ def data_file(tmp_path_factory):
     return path
 
 
-def config(model_dir, data_file, out, dropout=0.1, **train) -> RunConfig:
+def config(model_dir, data_file, out, dropout=0.1, positions="f1+l1", **train) -> RunConfig:
     settings = {
         "learning_rate": 1e-2,
         "max_steps": 6,
@@ -44,7 +44,12 @@ def config(model_dir, data_file, out, dropout=0.1, **train) -> RunConfig:
         {
             "model": {"name_or_path": str(model_dir)},
             "data": {"dataset": str(data_file), "template": "{prompt}:", "max_length": 64},
-            "intervention": {"layers": [0, 2], "rank": 2, "positions": "f1+l1", "dropout": dropout},
+            "intervention": {
+                "layers": [0, 2],
+                "rank": 2,
+                "positions": positions,
+                "dropout": dropout,
+            },
             "train": settings,
         }
     )
@@ -257,3 +262,15 @@ def test_missing_tracker_package_is_a_clear_error(llama_dir, data_file, tmp_path
     monkeypatch.setattr("reft_cli.trainer.is_tensorboard_available", lambda: False)
     with pytest.raises(ReftError, match="pip install tensorboard"):
         fit(config(llama_dir, data_file, tmp_path / "run", report_to="tensorboard"))
+
+
+def test_frozen_prefix_cache_switch_gives_the_same_run(llama_dir, data_file, tmp_path):
+    runs = {}
+    for switch in (True, False):
+        out = tmp_path / str(switch)
+        fit(config(llama_dir, data_file, out, positions="l2", cache_frozen_prefix=switch))
+        runs[switch] = (logged(out), weights(out))
+    for step, loss in runs[False][0].items():
+        assert runs[True][0][step] == pytest.approx(loss, abs=1e-5)
+    for key, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][key], value, atol=1e-5, rtol=1e-5)
