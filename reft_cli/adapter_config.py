@@ -64,6 +64,7 @@ class ReftConfig:
     hidden_size: int | None = None
     num_layers: int | None = None
     prompt_template: str | None = None
+    system_prompt: str | None = None  # for prompt_template: chat
     tokenizer: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

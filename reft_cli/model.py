@@ -181,24 +181,46 @@ class ReftModel(nn.Module):
         step recomputes the sequence with the same prompt edits. Without `prompt_lengths`, each row's
         whole input is its prompt. Beams and `num_return_sequences` expand the positions.
         """
-        if self.training:
-            raise ReftError("generate runs in eval mode; call model.eval() first")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if prompt_lengths is None and intervention_positions is None:
-            prompt_lengths = attention_mask.sum(dim=1)
-        self._positions = self._resolve_positions(
-            attention_mask, prompt_lengths, intervention_positions
-        )
-        for rotation in self._rotations:
-            rotation.refresh()
-        handle = None
-        if generate_kwargs.get("use_cache", True):
-            handle = self.model.register_forward_hook(self._end_prefill)
-        try:
+        use_cache = generate_kwargs.get("use_cache", True)
+        with self.prompt_edits(
+            attention_mask, prompt_lengths, intervention_positions, use_cache=use_cache
+        ):
             return self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
             )
+
+    @contextmanager
+    def prompt_edits(
+        self,
+        attention_mask: Tensor,
+        prompt_lengths: Tensor | None = None,
+        intervention_positions: Tensor | Mapping[str, Tensor] | None = None,
+        *,
+        rows: Tensor | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[None]:
+        """Arm this adapter's edits for one generate call on the shared base model.
+
+        `rows` (a bool mask over the batch) limits the edits to those rows, so several adapters on
+        one base model can serve one batch, each row getting only its own adapter's edits.
+        """
+        if self.training:
+            raise ReftError("generate runs in eval mode; call model.eval() first")
+        if prompt_lengths is None and intervention_positions is None:
+            prompt_lengths = attention_mask.sum(dim=1)
+        positions = self._resolve_positions(attention_mask, prompt_lengths, intervention_positions)
+        if rows is not None:
+            positions = {
+                g: Positions(p.index, p.mask & rows[:, None]) for g, p in positions.items()
+            }
+        self._positions = positions
+        for rotation in self._rotations:
+            rotation.refresh()
+        handle = self.model.register_forward_hook(self._end_prefill) if use_cache else None
+        try:
+            yield
         finally:
             if handle is not None:
                 handle.remove()

@@ -86,6 +86,7 @@ def build(run: RunConfig) -> Setup:
         base.config.pad_token_id = tokenizer.pad_token_id
     reft_config = run.reft_config(base.config.get_text_config().num_hidden_layers)
     reft_config.prompt_template = data.template
+    reft_config.system_prompt = run.data.system_prompt
     reft_config.tokenizer = {
         "padding_side": tokenizer.padding_side,
         "pad_token": tokenizer.pad_token,

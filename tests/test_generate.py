@@ -91,3 +91,35 @@ def test_generate_in_training_mode_is_refused():
     model = adapter().train()
     with pytest.raises(ReftError, match="eval mode"):
         model.generate(prompts()[0][None], **GREEDY)
+
+
+def test_mixed_adapters_in_one_batch_equal_each_adapter_alone():
+    from reft_cli import ReftModel
+    from reft_cli.generation import generate
+
+    first = adapter(share_weights=True, positions="f2+l2")
+    base = first.model
+    second = ReftModel(base, ReftConfig.for_layers([1], 3, rank=2, positions="l1"))
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for p in second.interventions.parameters():
+            p.normal_(std=1.0)
+    second.eval()
+    adapters = {"a": first, "b": second}
+    rows = prompts()
+    names = ["a", "b", "base"]
+    ids, mask = left_padded(rows)
+    mixed = generate(adapters, ids, mask, names, **GREEDY)[:, ids.shape[1] :]
+    for i, (row, name) in enumerate(zip(rows, names, strict=True)):
+        if name == "base":
+            with first.disable_adapter(), second.disable_adapter():
+                alone = base.generate(row[None], **GREEDY)
+        else:
+            with (second if name == "a" else first).disable_adapter():
+                alone = adapters[name].generate(row[None], **GREEDY)
+        assert torch.equal(mixed[i], alone[0, len(row) :]), name
+    with pytest.raises(ReftError, match="unknown adapter name 'c'"):
+        generate(adapters, ids, mask, ["a", "c", "base"], **GREEDY)
+    first.train()
+    with pytest.raises(ReftError, match="eval mode"):
+        generate(adapters, ids, mask, names, **GREEDY)
