@@ -34,14 +34,21 @@ def holds_a_run(output_dir: Path) -> bool:
     )
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
+def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
     """Refuse to write over another run's output unless the user said so (or is resuming it)."""
-    if holds_a_run(output_dir) and not resuming:
-        if not overwrite:
-            raise ReftError(
-                f"{output_dir} already holds a run; choose another train.output_dir, resume it with "
-                "train.resume_from_checkpoint=latest, or set train.overwrite_output_dir=true"
-            )
+    if holds_a_run(output_dir) and not resuming and not overwrite:
+        raise ReftError(
+            f"{output_dir} already holds a run; choose another train.output_dir, resume it with "
+            "train.resume_from_checkpoint=latest, or set train.overwrite_output_dir=true"
+        )
+
+
+def start_output_dir(output_dir: Path, resuming: bool) -> None:
+    """Create the folder; a new run (allowed to overwrite) first removes the previous run's files.
+
+    Called once the model and data are built, so a config error never costs the old run.
+    """
+    if not resuming:
         for name in RUN_FILES:
             (output_dir / name).unlink(missing_ok=True)
         for checkpoint in checkpoints(output_dir):

@@ -40,10 +40,11 @@ from reft_cli.reporting import (
     progress_bar,
 )
 from reft_cli.run_dir import (
+    check_output_dir,
     checkpoints,
-    prepare_output_dir,
     prune_checkpoints,
     resolve_checkpoint,
+    start_output_dir,
     write_checkpoint,
 )
 from reft_cli.steps import forward, loss_sum
@@ -118,12 +119,7 @@ class Trainer:
         self.main = self.accelerator.is_main_process
         resume = self.cfg.resume_from_checkpoint
         self.resume = resolve_checkpoint(self.output_dir, resume) if resume else None
-        if self.main:
-            prepare_output_dir(
-                self.output_dir, self.cfg.overwrite_output_dir, self.resume is not None
-            )
-        self.accelerator.wait_for_everyone()
-
+        check_output_dir(self.output_dir, self.cfg.overwrite_output_dir, self.resume is not None)
         self.setup = build(run)
         self.model, self.data = self.setup.model, self.setup.data
         if self.cfg.gradient_checkpointing:
@@ -156,6 +152,9 @@ class Trainer:
             if self.cfg.cache_frozen_prefix and PrefixCache.applies(self.model, run.model.task_type)
             else None
         )
+        if self.main:
+            start_output_dir(self.output_dir, resuming=self.resume is not None)
+        self.accelerator.wait_for_everyone()
         self.progress = Progress()
         if self.resume is not None:
             self.model.load_adapter_weights(self.resume / WEIGHTS_NAME)

@@ -274,3 +274,12 @@ def test_frozen_prefix_cache_switch_gives_the_same_run(llama_dir, data_file, tmp
         assert runs[True][0][step] == pytest.approx(loss, abs=1e-5)
     for key, value in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][key], value, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bad_config_never_costs_the_previous_run(llama_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    fit(config(llama_dir, data_file, out, max_steps=2))
+    before = (out / "reft_model.safetensors").read_bytes()
+    with pytest.raises(ReftError):
+        fit(config(llama_dir, tmp_path / "missing.jsonl", out, overwrite_output_dir=True))
+    assert (out / "reft_model.safetensors").read_bytes() == before
