@@ -37,8 +37,16 @@ def test_emoji_detector():
 @needs_smollm2
 def test_quick_start_answers_unseen_questions_in_emoji(tmp_path):
     out = tmp_path / "emoji"
-    # Shortened from 100 to 30 epochs to fit the suite; the full run is in the README.
-    result = reft("train", str(CONFIG), "train.num_train_epochs=30", f"train.output_dir={out}")
+    # Shortened to fit the suite: 40 epochs at the paper's lr 4e-3 without dropout reach what
+    # the shipped 100 epochs at 2e-3 with dropout reach; the full run is in the README.
+    result = reft(
+        "train",
+        str(CONFIG),
+        "train.num_train_epochs=40",
+        "train.learning_rate=4e-3",
+        "intervention.dropout=0",
+        f"train.output_dir={out}",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "wall time" in result.stdout
     model = ReftModel.from_pretrained(out).eval()
