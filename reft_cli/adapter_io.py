@@ -36,7 +36,8 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it requires setting it; it is put back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -46,7 +47,9 @@ def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual mode
+    os.chmod(
+        tmp, 0o666 & ~current_umask()
+    )  # mkstemp makes 0600; give the file the user's usual mode
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -208,3 +208,63 @@ def main() -> None:
     except ReftError as err:
         console.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
         sys.exit(2)
+
+
+@app.command("export")
+def export(
+    adapter: Path = typer.Option(..., "--adapter", help="Adapter folder written by reft."),
+    format: str = typer.Option(..., "--format", help="pyreft (pyreft's layout) or hub."),
+    out: Path = typer.Option(..., "--out", help="New folder to write (must not exist)."),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="Then upload OUT to this hub repository (user/name)."
+    ),
+    license: str | None = typer.Option(
+        None, "--license", help="License for the card (default: the base model's, when known)."
+    ),
+) -> None:
+    """Write an adapter in pyreft's layout, or as a model-hub folder with a model card.
+
+    Examples:
+      reft export --adapter out/emoji --format pyreft --out out/emoji-pyreft
+      reft export --adapter out/emoji --format hub --out out/emoji-hub
+      reft export --adapter out/emoji --format hub --out out/emoji-hub --push-to-hub me/emoji-reft
+    """
+    from reft_cli.export import export_adapter
+
+    result = export_adapter(adapter, format, out, push_to_hub, license)
+    console.print("\n".join(result.lines()), highlight=False, markup=False)
+
+
+@app.command("import")
+def import_(
+    pyreft_dir: Path = typer.Argument(..., help="Folder saved by pyreft's ReftModel.save."),
+    out: Path = typer.Option(..., "--out", help="New reft adapter folder (must not exist)."),
+    base_model: str | None = typer.Option(
+        None, "--base-model", help="Alias, hub id or folder of the model it was trained on."
+    ),
+    positions: str | None = typer.Option(
+        None, "--positions", help="Prompt positions it was trained with (default f1+l1)."
+    ),
+    share_weights: bool | None = typer.Option(
+        None, "--share-weights/--no-share-weights", help="Tied or untied (default: from layout)."
+    ),
+    dropout: float | None = typer.Option(None, "--dropout", help="Dropout (default 0)."),
+    act_fn: str | None = typer.Option(None, "--act-fn", help="Activation (default: none)."),
+    task_type: str | None = typer.Option(
+        None, "--task-type", help="causal_lm or seq_cls (default: seq_cls if a head is saved)."
+    ),
+) -> None:
+    """Read a pyreft adapter folder into reft's format; says which settings it had to assume.
+
+    Examples:
+      reft import pyreft-out --base-model meta-llama/Llama-2-7b-hf --out out/imported
+      reft import pyreft-out --base-model ./base --out out/imported --positions f7+l7 --act-fn gelu
+    """
+    from reft_cli.pyreft_import import ImportOptions, import_pyreft
+
+    result = import_pyreft(
+        ImportOptions(
+            pyreft_dir, out, base_model, positions, share_weights, dropout, act_fn, task_type
+        )
+    )
+    console.print("\n".join(result.lines()), highlight=False, markup=False)

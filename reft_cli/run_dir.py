@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reft_cli.adapter_config import CONFIG_NAME
+from reft_cli.adapter_io import current_umask
 from reft_cli.errors import ReftError
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -80,6 +81,7 @@ def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None])
     tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=output_dir))
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
