@@ -25,16 +25,6 @@ PROMPTS = [
 ]
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -69,10 +59,20 @@ def main() -> None:
                         **settings,
                     )
 
+    # Alternate base and adapter runs so drift in machine load hits both alike.
+    samples: dict[tuple[bool, int], list[float]] = {}
+    for new_tokens in (1, args.new_tokens + 1):
+        for adapter in (False, True):
+            run(new_tokens, adapter)  # warm-up
+        for _ in range(args.repeats):
+            for adapter in (False, True):
+                start = time.perf_counter()
+                run(new_tokens, adapter)
+                samples.setdefault((adapter, new_tokens), []).append(time.perf_counter() - start)
     result = {}
     for adapter in (False, True):
-        prefill = timed(lambda a=adapter: run(1, a), args.repeats)
-        full = timed(lambda a=adapter: run(args.new_tokens + 1, a), args.repeats)
+        prefill = statistics.median(samples[(adapter, 1)])
+        full = statistics.median(samples[(adapter, args.new_tokens + 1)])
         result[adapter] = (prefill, (full - prefill) / args.new_tokens)
     (base_prefill, base_decode), (reft_prefill, reft_decode) = result[False], result[True]
     print(f"model {args.model}, batch {len(PROMPTS)}, layers {layers}, positions {args.positions}")

@@ -1,8 +1,10 @@
 """Cost of one ReFT training step against the frozen model's own floor, measured in the same run.
 
 The floor is the base model's forward plus a backward that stops at the lowest intervened layer
-(the least any method that trains there must compute). A ReFT step is forward, backward and the
-optimizer step with the interventions in place. Printed as a ratio; no wall-clock assertions.
+(the least a plain step that trains there must compute). A ReFT step is forward, backward and the
+optimizer step with the interventions in place; where the positions leave a frozen prompt prefix,
+the step with the frozen-prefix cache (train.cache_frozen_prefix) is timed too. Printed as ratios;
+no wall-clock assertions.
 
     python bench/step_cost.py                 # both shapes on the embedded SmolLM2
     python bench/step_cost.py --repeats 10 --model smollm2-135m-instruct
@@ -18,6 +20,8 @@ import torch
 
 from reft_cli import ReftConfig, get_reft_model
 from reft_cli.base_models import load_model
+from reft_cli.prefix_cache import PrefixCache
+from reft_cli.steps import loss_sum
 
 SHAPES = {
     # name: (layers, rank, positions, share_weights, batch, tokens, response tokens)
@@ -74,7 +78,7 @@ def main() -> None:
         f"model: {args.model}; torch threads: {torch.get_num_threads()}; median of {args.repeats}"
     )
     for name, (layers, rank, positions, tied, rows, tokens, response) in SHAPES.items():
-        base = load_model(args.model)
+        base = load_model(args.model).requires_grad_(False)  # frozen, as under ReFT
         n = base.config.num_hidden_layers
         config = ReftConfig.for_layers(
             layers, n, rank=rank, positions=positions, share_weights=tied
@@ -94,6 +98,21 @@ def main() -> None:
 
         reft = timed(step, args.repeats)
         print(f"{name}: floor {floor:.3f} s, reft step {reft:.3f} s, ratio {reft / floor:.3f}×")
+        cache = PrefixCache(model, budget_bytes=2**30)
+        data["example_ids"] = torch.arange(rows)
+
+        def cached_step(model=model, optimizer=optimizer, data=data, cache=cache) -> None:
+            optimizer.zero_grad()
+            logits, labels = cache.forward(model, data)
+            total, count = loss_sum(logits, labels, "causal_lm")
+            (total / count).backward()
+            optimizer.step()
+
+        if any(cache.prefix_lengths(data) > 0):
+            fast = timed(cached_step, args.repeats)
+            print(
+                f"  with the frozen-prefix cache: {fast:.3f} s, ratio {fast / floor:.3f}× the floor"
+            )
 
 
 if __name__ == "__main__":
