@@ -210,6 +210,53 @@ def main() -> None:
         sys.exit(2)
 
 
+@app.command("eval")
+def eval_(
+    config: Path | None = typer.Argument(
+        None, help="YAML config (its eval section; the adapter is train.output_dir)."
+    ),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides with dotted paths."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Adapter folder to evaluate."),
+    no_adapter: bool = typer.Option(False, "--no-adapter", help="Evaluate the base model."),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="Comma-separated tasks; TASK=SOURCE reads another copy of its data."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N examples per task."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Prompts per batch."),
+    split: str | None = typer.Option(
+        None, "--split", help="test (the paper's), validation, or a slice like validation[200:]."
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", min=1, help="Generation length (default: the config's/task's)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", help="Results folder (default: ADAPTER/eval)."
+    ),
+) -> None:
+    """Score an adapter (or its base model) on the paper's benchmarks.
+
+    Examples:
+      reft eval configs/commonsense-mini.yaml
+      reft eval --adapter out/commonsense --tasks boolq,piqa --limit 100
+      reft eval configs/glue-mini.yaml --no-adapter
+    """
+    from reft_cli.evaluate import EvalOptions, run_eval
+
+    options = EvalOptions(
+        config=_config_path(config) if config is not None else None,
+        overrides=overrides or [],
+        adapter=adapter,
+        no_adapter=no_adapter,
+        tasks=[t for t in tasks.split(",") if t.strip()] if tasks else None,
+        limit=limit,
+        batch_size=batch_size,
+        split=split,
+        max_new_tokens=max_new_tokens,
+        output=output,
+    )
+    run_eval(options, console)
+
+
 @app.command("export")
 def export(
     adapter: Path = typer.Option(..., "--adapter", help="Adapter folder written by reft."),

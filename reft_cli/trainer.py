@@ -247,8 +247,6 @@ class Trainer:
             if not saved and progress.global_step % cfg.save_steps == 0:
                 self._save_checkpoint()
         if progress.step_in_epoch >= len(plan.steps):
-            if progress.epoch == 0 and self.prefix_cache is not None and self.main:
-                self.console.print(self.prefix_cache.describe())
             progress.epoch += 1
             progress.step_in_epoch = 0
 
@@ -370,6 +368,8 @@ class Trainer:
             dropped_examples=self.data.dropped_train,
         )
         if self.main:
+            if self.prefix_cache is not None:
+                self.console.print(self.prefix_cache.describe())
             self.model.save_pretrained(self.output_dir)
             plot_losses(self.log.entries(), self.output_dir / PLOT_NAME)
             write_model_card(self.output_dir, self.run, self.model.reft_config, summary)

