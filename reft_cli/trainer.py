@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import is_tensorboard_available, is_wandb_available, set_seed
+from accelerate.utils import gather_object, is_tensorboard_available, is_wandb_available, set_seed
 from rich.console import Console
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
@@ -47,6 +47,7 @@ from reft_cli.run_dir import (
     start_output_dir,
     write_checkpoint,
 )
+from reft_cli.scorers import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
 from reft_cli.steps import forward, loss_sum
 from reft_cli.train_state import Progress, load_training_state, save_training_state
 
@@ -400,27 +401,51 @@ def evaluate(
     tokenizer: PreTrainedTokenizerBase,
     run: RunConfig,
 ) -> dict[str, float]:
-    """Mean eval loss (and accuracy for classification) over all processes' shares."""
+    """Mean eval loss over all processes' shares; for classification also the GLUE metrics
+    (accuracy, F1 for two classes, Matthews correlation; Pearson/Spearman for regression)."""
     model.eval()
     task_type = run.model.task_type
     size = run.train.per_device_eval_batch_size
     mine = examples[accelerator.process_index :: accelerator.num_processes]
-    totals = torch.zeros(3, device=accelerator.device)  # loss sum, count, correct
-    classify = False
+    totals = torch.zeros(2, device=accelerator.device)  # loss sum, count
+    predictions: list[float] = []
+    labels: list[float] = []
+    regression = False
     for i in range(0, len(mine), size):
         batch = collate(mine[i : i + size], tokenizer.pad_token_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             logits = forward(model, batch)
         summed, count = loss_sum(logits, batch["labels"], task_type)
-        classify = task_type == "seq_cls" and logits.shape[-1] > 1
-        correct = (logits.argmax(-1) == batch["labels"]).sum() if classify else torch.zeros(())
-        totals += torch.stack([summed.float(), count.float(), correct.float().to(totals.device)])
+        totals += torch.stack([summed.float(), count.float()])
+        if task_type == "seq_cls":
+            regression = logits.shape[-1] == 1
+            predicted = logits.squeeze(-1) if regression else logits.argmax(-1)
+            predictions += predicted.float().tolist()
+            labels += batch["labels"].float().tolist()
     totals = accelerator.reduce(totals, "sum")
     metrics = {"eval_loss": (totals[0] / totals[1].clamp(min=1)).item()}
-    if classify:
-        metrics["eval_accuracy"] = (totals[2] / totals[1].clamp(min=1)).item()
+    if task_type == "seq_cls":
+        predictions = [p for part in gather_object([predictions]) for p in part]
+        labels = [g for part in gather_object([labels]) for g in part]
+        scores = _classification_metrics(predictions, labels, regression)
+        metrics.update({f"eval_{k}": v for k, v in scores.items()})
     return metrics
+
+
+def _classification_metrics(
+    predictions: list[float], labels: list[float], regression: bool
+) -> dict[str, float]:
+    if regression:
+        return {"pearson": pearson(predictions, labels), "spearmanr": spearman(predictions, labels)}
+    preds, gold = [int(p) for p in predictions], [int(g) for g in labels]
+    out = {
+        "accuracy": accuracy(preds, gold),
+        "matthews_correlation": matthews_corrcoef(preds, gold),
+    }
+    if set(gold) | set(preds) <= {0, 1}:
+        out["f1"] = f1_binary(preds, gold)
+    return out
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

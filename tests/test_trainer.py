@@ -239,6 +239,18 @@ def test_sequence_classification_trains_a_head(tmp_path):
     fit(run)
     assert any(k.startswith("head.") for k in weights(tmp_path / "out"))
     assert set(logged(tmp_path / "out", "eval_accuracy")) == {2, 4}
+    for metric in ("eval_matthews_correlation", "eval_f1"):
+        assert all(-1 <= v <= 1 for v in logged(tmp_path / "out", metric).values()), metric
+
+
+def test_classification_metrics_match_the_scorers():
+    from reft_cli.trainer import _classification_metrics
+
+    got = _classification_metrics([1, 0, 1, 1], [1, 0, 0, 1], regression=False)
+    assert got["accuracy"] == 0.75 and got["f1"] == pytest.approx(0.8)
+    assert got["matthews_correlation"] == pytest.approx(1 / 3**0.5)
+    reg = _classification_metrics([0.1, 0.4, 0.35, 0.8], [0.0, 0.5, 0.3, 1.0], regression=True)
+    assert set(reg) == {"pearson", "spearmanr"} and reg["spearmanr"] == pytest.approx(1.0)
 
 
 def test_missing_data_file_is_a_clear_error(llama_dir, tmp_path):
