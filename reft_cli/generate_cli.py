@@ -190,7 +190,8 @@ def answer_prompts(
         answers = session.answer([name] * len(chunk), chunk, options)
         base = session.answer([BASE] * len(chunk), chunk, options) if compare else None
         for i, row in enumerate(chunk):
-            table = Table(show_header=True, title=row["prompt"], title_justify="left")
+            console.print(f"[bold]{row['prompt']}[/]", highlight=False)
+            table = Table(show_header=True)
             table.add_column(name)
             if base:
                 table.add_column("base model")
