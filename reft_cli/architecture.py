@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
-from transformers import PreTrainedModel
 
 from reft_cli.adapter_config import check_layers
 from reft_cli.errors import ReftError
@@ -24,14 +23,13 @@ class Architecture:
     """What an intervention needs to know about a base model."""
 
     blocks: nn.ModuleList
-    blocks_path: str
     hidden_size: int
     num_layers: int
 
     @classmethod
     def of(cls, model: nn.Module) -> Architecture:
-        path, blocks = find_block_stack(model)
-        return cls(blocks, path, hidden_size(model), len(blocks))
+        _, blocks = find_block_stack(model)
+        return cls(blocks, hidden_size(model), len(blocks))
 
     def site(self, layer: int, component: str) -> tuple[nn.Module, str]:
         """The module to hook for (layer, component) and the hook kind: `output` or `input`."""
@@ -90,7 +88,3 @@ def hidden_size(model: nn.Module) -> int:
             f"{type(model).__name__}'s config has no hidden_size; cannot size interventions"
         )
     return size
-
-
-def is_pretrained(model: nn.Module) -> bool:
-    return isinstance(model, PreTrainedModel)

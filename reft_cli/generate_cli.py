@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase, TextStreamer
 from reft_cli.adapter_config import ReftConfig
 from reft_cli.adapter_io import atomic_write_text
 from reft_cli.base_models import load_model, load_tokenizer
-from reft_cli.config import DataConfig
+from reft_cli.config import NAMED_TEMPLATES, DataConfig
 from reft_cli.errors import ReftError
 from reft_cli.generation import BASE, generate
 from reft_cli.model import ReftModel
@@ -108,7 +108,9 @@ class Session:
             DataConfig(template=spec, system_prompt=config.system_prompt), self.tokenizer
         )
         fields = (
-            [n for _, n, _, _ in string.Formatter().parse(spec) if n] if spec not in _NAMED else []
+            [n for _, n, _, _ in string.Formatter().parse(spec) if n]
+            if spec not in NAMED_TEMPLATES
+            else []
         )
         if len(fields) == 1 and fields[0] not in row:
             row = {**row, fields[0]: _text(row)}
@@ -145,9 +147,6 @@ class Session:
         )
         k = options.num_return_sequences
         return [texts[i * k : (i + 1) * k] for i in range(len(rows))]
-
-
-_NAMED = ("alpaca", "chat", "commonsense", "gsm8k")
 
 
 def _text(row: dict[str, Any]) -> str:

@@ -106,7 +106,6 @@ class RunSummary:
     adapter_dir: Path
     best_checkpoint: Path | None = None
     best_metric: float | None = None
-    dropped_examples: int = 0
 
     def table(self) -> Table:
         table = Table(title="reft train", show_header=False)

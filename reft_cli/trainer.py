@@ -366,7 +366,6 @@ class Trainer:
             if progress.best_checkpoint
             else None,
             best_metric=progress.best_metric,
-            dropped_examples=self.data.dropped_train,
         )
         if self.main:
             if self.prefix_cache is not None:
