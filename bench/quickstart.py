@@ -1,37 +1,48 @@
 """The quick start end to end (load, train configs/emoji.yaml, generate), with every optimization on
-against reft's plain path (`train.cache_frozen_prefix=false`), in one run on this machine.
+against reft's plain path (all of them off), in one run on this machine.
 
-    python bench/quickstart.py [--epochs 100]
+Each run is its own process, so its peak resident memory (ru_maxrss) is its own; with --rounds N
+the two alternate N times and the fastest of each is printed (other work on the machine only ever
+slows a run down). CPU seconds are printed beside wall seconds: on a busy machine, with
+--threads 1, their ratio is the steadier measure.
+
+    python bench/quickstart.py [--epochs 100] [--rounds 1] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from rich.console import Console
-
-from reft_cli.base_models import load_tokenizer
-from reft_cli.config import load_config
-from reft_cli.model import ReftModel
-from reft_cli.trainer import Trainer
-
 CONFIG = Path(__file__).parents[1] / "configs" / "emoji.yaml"
 QUESTIONS = ["What is the capital of France?", "Write a poem about the sea.", "What's your name?"]
+SPEED_UPS = ("cache_frozen_prefix", "cache_frozen_layers", "lm_head_on_targets", "group_by_length")
 
 
-def end_to_end(out: Path, epochs: int, cache: bool) -> tuple[float, float, list[str]]:
-    """(total seconds, training seconds, answers) for one quick start run."""
-    start = time.perf_counter()
-    overrides = [
-        f"train.output_dir={out}",
-        f"train.num_train_epochs={epochs}",
-        f"train.cache_frozen_prefix={str(cache).lower()}",
-    ]
-    summary = Trainer(load_config(CONFIG, overrides), Console(quiet=True)).train()
+def end_to_end(out: Path, epochs: int, optimized: bool, threads: int | None) -> dict:
+    """Seconds end to end and in training, final loss, answers and peak memory of one run."""
+    start, cpu = time.perf_counter(), time.process_time()
+    import torch
+    from rich.console import Console
+
+    from reft_cli.base_models import load_tokenizer
+    from reft_cli.config import load_config
+    from reft_cli.model import ReftModel
+    from reft_cli.trainer import Trainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    overrides = [f"train.output_dir={out}", f"train.num_train_epochs={epochs}"]
+    overrides += [f"train.{key}={str(optimized).lower()}" for key in SPEED_UPS]
+    log = io.StringIO()
+    summary = Trainer(load_config(CONFIG, overrides), Console(file=log, width=300)).train()
     model = ReftModel.from_pretrained(out).eval()
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     tokenizer.padding_side = "left"
@@ -48,26 +59,70 @@ def end_to_end(out: Path, epochs: int, cache: bool) -> tuple[float, float, list[
     answers = tokenizer.batch_decode(
         out_ids[:, batch.input_ids.shape[1] :], skip_special_tokens=True
     )
-    return time.perf_counter() - start, summary.seconds, answers
+    return {
+        "total": time.perf_counter() - start,
+        "cpu": time.process_time() - cpu,
+        "train": summary.seconds,
+        "loss": summary.final_loss,
+        "answers": answers,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cache": [line for line in log.getvalue().splitlines() if "frozen-state" in line],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def in_child(epochs: int, optimized: bool, threads: int | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, __file__, "--child", str(optimized), "--epochs", str(epochs)]
+        command += ["--out", tmp] + (["--threads", str(threads)] if threads else [])
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch threads per run [torch's default]")
+    parser.add_argument("--child", choices=["True", "False"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {
-            cache: end_to_end(Path(tmp) / str(cache), args.epochs, cache) for cache in (False, True)
-        }
-    (plain_total, plain_train, _), (fast_total, fast_train, answers) = results[False], results[True]
-    print(f"quick start, {args.epochs} epochs, torch threads {torch.get_num_threads()}")
-    print(f"plain path: {plain_total:.1f} s end to end ({plain_train:.1f} s in reft train)")
-    print(f"optimized:  {fast_total:.1f} s end to end ({fast_train:.1f} s in reft train)")
+    if args.child:
+        run = end_to_end(Path(args.out) / "run", args.epochs, args.child == "True", args.threads)
+        print(json.dumps(run))
+        return
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for optimized in (False, True):
+            runs[optimized].append(in_child(args.epochs, optimized, args.threads))
+
+    def best(optimized: bool, key: str) -> float:
+        return min(r[key] for r in runs[optimized])
+
     print(
-        f"speed-up: {plain_total / fast_total:.2f}× end to end, {plain_train / fast_train:.2f}× training"
+        f"quick start, {args.epochs} epochs, torch threads {runs[True][0]['threads']}, "
+        f"fastest of {args.rounds}"
     )
-    for question, answer in zip(QUESTIONS, answers, strict=True):
-        print(f"  {question} -> {answer}")
+    for optimized, name in ((False, "plain path"), (True, "optimized ")):
+        print(
+            f"{name}: {best(optimized, 'total'):.1f} s end to end "
+            f"({best(optimized, 'cpu'):.1f} CPU s) "
+            f"({best(optimized, 'train'):.1f} s in reft train), final loss "
+            f"{runs[optimized][-1]['loss']:.4f}, peak memory {best(optimized, 'peak_mib'):.0f} MiB"
+        )
+    print(
+        f"speed-up: {best(False, 'total') / best(True, 'total'):.2f}× end to end "
+        f"({best(False, 'cpu') / best(True, 'cpu'):.2f}× in CPU time), "
+        f"{best(False, 'train') / best(True, 'train'):.2f}× training"
+    )
+    for line in runs[True][-1]["cache"]:
+        print(f"  {line}")
+    for question, plain, fast in zip(
+        QUESTIONS, runs[False][-1]["answers"], runs[True][-1]["answers"], strict=True
+    ):
+        print(f"  {question} -> {fast!r} (plain path: {plain!r})")
 
 
 if __name__ == "__main__":

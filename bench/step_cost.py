@@ -2,18 +2,19 @@
 
 The floor is the base model's forward plus a backward that stops at the lowest intervened layer
 (the least a plain step that trains there must compute). A ReFT step is forward, backward and the
-optimizer step with the interventions in place; where the positions leave a frozen prompt prefix,
-the step with the frozen-prefix cache (train.cache_frozen_prefix) is timed too. Printed as ratios;
-no wall-clock assertions.
+optimizer step with the interventions in place, timed on reft's plain path and with every
+optimization on (frozen-state cache, lm head on response positions). The three are timed in turn,
+round after round, and the fastest round per kind is printed with ratios (other work on the machine
+only ever slows a round down); no wall-clock assertions.
 
     python bench/step_cost.py                 # both shapes on the embedded SmolLM2
     python bench/step_cost.py --repeats 10 --model smollm2-135m-instruct
+    python bench/step_cost.py --threads 1 --cpu-time   # steadier on a busy machine
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -21,12 +22,12 @@ import torch
 from reft_cli import ReftConfig, get_reft_model
 from reft_cli.base_models import load_model
 from reft_cli.prefix_cache import PrefixCache
-from reft_cli.steps import loss_sum
+from reft_cli.steps import forward, loss_sum
 
 SHAPES = {
     # name: (layers, rank, positions, share_weights, batch, tokens, response tokens)
     "commonsense (all layers, r=8, f7+l7, tied, 8×72)": ("all", 8, "f7+l7", True, 8, 72, 8),
-    "quick start (emoji.yaml shape, 10×40)": ([6, 12, 18, 24], 4, "l2", True, 10, 40, 12),
+    "quick start (emoji.yaml shape, 10×34)": ([16, 20, 24], 4, "l2", True, 10, 34, 16),
 }
 
 
@@ -40,17 +41,8 @@ def batch(rows: int, tokens: int, response: int, vocab: int) -> dict[str, torch.
         "attention_mask": torch.ones_like(ids),
         "labels": labels,
         "prompt_lengths": torch.full((rows,), tokens - response),
+        "example_ids": torch.arange(rows),
     }
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def floor_step(model, lowest: int, data) -> None:
@@ -72,47 +64,58 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch threads [torch's default]")
+    parser.add_argument("--cpu-time", action="store_true", help="time CPU seconds, not wall")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     torch.manual_seed(0)
     print(
-        f"model: {args.model}; torch threads: {torch.get_num_threads()}; median of {args.repeats}"
+        f"model: {args.model}; torch threads: {torch.get_num_threads()}; fastest of "
+        f"{args.repeats}, {'CPU' if args.cpu_time else 'wall'} seconds"
     )
     for name, (layers, rank, positions, tied, rows, tokens, response) in SHAPES.items():
         base = load_model(args.model).requires_grad_(False)  # frozen, as under ReFT
-        n = base.config.num_hidden_layers
         config = ReftConfig.for_layers(
-            layers, n, rank=rank, positions=positions, share_weights=tied
+            layers,
+            base.config.num_hidden_layers,
+            rank=rank,
+            positions=positions,
+            share_weights=tied,
         )
         lowest = min(site.layer for site in config.interventions)
         data = batch(rows, tokens, response, base.config.vocab_size)
-        floor = timed(
-            lambda base=base, lowest=lowest, data=data: floor_step(base, lowest, data), args.repeats
-        )
         model = get_reft_model(base, config).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        cache = PrefixCache(model, budget_bytes=2**30, head_on_targets=True)
 
-        def step(model=model, optimizer=optimizer, data=data) -> None:
+        def step(outputs_and_targets, optimizer=optimizer) -> None:
             optimizer.zero_grad()
-            model(**data).loss.backward()
-            optimizer.step()
-
-        reft = timed(step, args.repeats)
-        print(f"{name}: floor {floor:.3f} s, reft step {reft:.3f} s, ratio {reft / floor:.3f}×")
-        cache = PrefixCache(model, budget_bytes=2**30)
-        data["example_ids"] = torch.arange(rows)
-
-        def cached_step(model=model, optimizer=optimizer, data=data, cache=cache) -> None:
-            optimizer.zero_grad()
-            logits, labels = cache.forward(model, data)
-            total, count = loss_sum(logits, labels, "causal_lm")
+            total, count = loss_sum(*outputs_and_targets(), "causal_lm")
             (total / count).backward()
             optimizer.step()
 
-        if any(cache.prefix_lengths(data) > 0):
-            fast = timed(cached_step, args.repeats)
-            print(
-                f"  with the frozen-prefix cache: {fast:.3f} s, ratio {fast / floor:.3f}× the floor"
-            )
+        kinds = {
+            "floor": lambda base=base, lowest=lowest, data=data: floor_step(base, lowest, data),
+            "plain": lambda model=model, data=data: step(lambda: forward(model, data)),
+            "optimized": lambda model=model, data=data, cache=cache: step(
+                lambda: cache.forward(model, data)
+            ),
+        }
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for round_ in range(args.repeats + 1):  # round 0 warms up (and fills the cache)
+            for kind, run in kinds.items():
+                start = clock()
+                run()
+                if round_:
+                    times[kind].append(clock() - start)
+        floor, plain, fast = (min(times[k]) for k in kinds)
+        print(
+            f"{name}: floor {floor:.3f} s; reft plain {plain:.3f} s ({plain / floor:.2f}×); "
+            f"reft optimized {fast:.3f} s ({fast / floor:.2f}×; {plain / fast:.2f}× faster)"
+        )
+        print(f"  {cache.describe()}")
 
 
 if __name__ == "__main__":

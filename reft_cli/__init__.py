@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _API = {
     "InterventionConfig": "reft_cli.adapter_config",
+    "LoraModel": "reft_cli.lora",
     "ReftConfig": "reft_cli.adapter_config",
     "ReftError": "reft_cli.errors",
     "ReftModel": "reft_cli.model",

@@ -72,18 +72,18 @@ class ReftConfig:
         self.interventions = [
             iv
             if isinstance(iv, InterventionConfig)
-            else _from_dict(InterventionConfig, iv, "intervention")
+            else from_dict(InterventionConfig, iv, "intervention")
             for iv in self.interventions
         ]
-        if not self.interventions:
-            raise ReftError("an adapter needs at least one intervention")
-        for iv in self.interventions:
-            iv.validate()
-        self.position_spec  # noqa: B018 - parse now so a bad string fails at construction
         if self.task_type not in TASK_TYPES:
             raise ReftError(
                 f"unknown task_type {self.task_type!r}; choose one of {', '.join(TASK_TYPES)}"
             )
+        if not self.interventions and self.task_type != "seq_cls":  # a probe is a head alone
+            raise ReftError("an adapter needs at least one intervention")
+        for iv in self.interventions:
+            iv.validate()
+        self.position_spec  # noqa: B018 - parse now so a bad string fails at construction
 
     @property
     def position_spec(self) -> PositionSpec:
@@ -127,20 +127,25 @@ class ReftConfig:
                 f"{directory} is not a reft adapter: {CONFIG_NAME} is missing "
                 "(point --adapter at a folder written by `reft train` or save_pretrained)"
             )
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ReftError(f"{path} is not valid JSON ({err}); the adapter is corrupt") from err
-        if not isinstance(data, dict):
-            raise ReftError(f"{path} must hold a JSON object; the adapter is corrupt")
-        version = data.get("format_version", FORMAT_VERSION)
-        if isinstance(version, int) and version > FORMAT_VERSION:
-            warnings.warn(
-                f"{path} has format_version {version}, newer than this reft ({FORMAT_VERSION}); "
-                "upgrade reft if loading fails",
-                stacklevel=2,
-            )
-        return _from_dict(cls, data, str(path))
+        return from_dict(cls, read_config_json(path), str(path))
+
+
+def read_config_json(path: Path) -> dict[str, Any]:
+    """An adapter's JSON record as a dict; a newer format_version warns (reft may be too old)."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReftError(f"{path} is not valid JSON ({err}); the adapter is corrupt") from err
+    if not isinstance(data, dict):
+        raise ReftError(f"{path} must hold a JSON object; the adapter is corrupt")
+    version = data.get("format_version", FORMAT_VERSION)
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        warnings.warn(
+            f"{path} has format_version {version}, newer than this reft ({FORMAT_VERSION}); "
+            "upgrade reft if loading fails",
+            stacklevel=3,
+        )
+    return data
 
 
 def parse_layers(layers: str | int | list[int], num_layers: int) -> list[int]:
@@ -170,7 +175,7 @@ def check_layers(layers: list[int], num_layers: int) -> None:
         )
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build a dataclass from a dict: unknown keys warn (newer format), missing required ones fail."""
     if not isinstance(data, dict):
         raise ReftError(f"{where}: expected a JSON object, got {type(data).__name__}")

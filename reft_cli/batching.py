@@ -3,7 +3,9 @@
 The order is a pure function of (seed, epoch), so a resumed run replays exactly the batches an
 uninterrupted run would have seen, and every process agrees on it without communication. A step
 holds `gradient_accumulation_steps` global micro-batches; each process takes every world_size-th row
-of each one, so N processes see the same global batches as one process does.
+of each one, so N processes see the same global batches as one process does. Within a step, a
+process may regroup its rows by length (the loss is normalized over the whole step, so gradients
+do not depend on how its rows are split into micro-batches).
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ def plan_epoch(
     micro = [order[i : i + global_batch_size] for i in range(0, num_examples, global_batch_size)]
     steps = [micro[i : i + accumulation_steps] for i in range(0, len(micro), accumulation_steps)]
     return StepPlan(steps)
+
+
+def group_by_length(micro: list[list[int]], lengths: dict[int, int]) -> list[list[int]]:
+    """The same rows cut into micro-batches of the same sizes, longest rows together, so that
+    rows of similar length share their padding. One micro-batch is left as it is."""
+    if sum(1 for m in micro if m) < 2:
+        return micro
+    rows = sorted((r for m in micro for r in m), key=lambda r: -lengths[r])
+    grouped, start = [], 0
+    for size in sorted((len(m) for m in micro if m), reverse=True):
+        grouped.append(rows[start : start + size])
+        start += size
+    return grouped
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int, accumulation_steps: int) -> int:

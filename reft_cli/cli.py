@@ -224,13 +224,26 @@ def eval_(
     limit: int | None = typer.Option(None, "--limit", min=1, help="First N examples per task."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Prompts per batch."),
     split: str | None = typer.Option(
-        None, "--split", help="test (the paper's), validation, or a slice like validation[200:]."
+        None,
+        "--split",
+        help="test (the paper's; GLUE: the reported half of its re-split validation split), "
+        "selection (GLUE's other half), a slice like validation[200:], or test of validation[500:].",
     ),
     max_new_tokens: int | None = typer.Option(
-        None, "--max-new-tokens", min=1, help="Generation length (default: the config's/task's)."
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="New tokens per answer, for every task (default: eval.max_new_tokens; if null, each "
+        "task's paper length: commonsense 32, math 512, gsm8k 256, alpaca_eval 2048).",
     ),
     output: Path | None = typer.Option(
         None, "--output", help="Results folder (default: ADAPTER/eval)."
+    ),
+    scoring: str | None = typer.Option(
+        None,
+        "--scoring",
+        help="generate (exact match of generated answers) or loglik (multiple-choice sets: the "
+        "likeliest answer option). Default: the config's eval.scoring, else generate.",
     ),
 ) -> None:
     """Score an adapter (or its base model) on the paper's benchmarks.
@@ -239,6 +252,7 @@ def eval_(
       reft eval configs/commonsense-mini.yaml
       reft eval --adapter out/commonsense --tasks boolq,piqa --limit 100
       reft eval configs/glue-mini.yaml --no-adapter
+      reft eval --no-adapter configs/commonsense-mini.yaml --scoring loglik
     """
     from reft_cli.evaluate import EvalOptions, run_eval
 
@@ -253,6 +267,7 @@ def eval_(
         split=split,
         max_new_tokens=max_new_tokens,
         output=output,
+        scoring=scoring,
     )
     run_eval(options, console)
 
@@ -315,3 +330,29 @@ def import_(
         )
     )
     console.print("\n".join(result.lines()), highlight=False, markup=False)
+
+
+@app.command("reproduce")
+def reproduce_(
+    recipe: Path = typer.Argument(..., help="A recipe YAML, e.g. recipes/offline-glue.yaml."),
+    only: str | None = typer.Option(None, "--only", help="Comma-separated runs to do now."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, show the plan, exit."),
+    force: bool = typer.Option(False, "--force", help="Run a GPU recipe on a machine without one."),
+) -> None:
+    """Train and evaluate a recipe's runs, then write report.md/.json/.png; exit 1 on a miss.
+
+    Finished runs are kept and interrupted ones resume, so running it again picks up where it
+    stopped.
+
+    Examples:
+      reft reproduce recipes/offline-glue.yaml
+      reft reproduce recipes/offline-commonsense.yaml --only loreft --dry-run
+    """
+    from reft_cli.recipes import load_recipe
+    from reft_cli.reproduce import reproduce
+
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    report = reproduce(load_recipe(recipe), console, names, dry_run=dry_run, force=force)
+    if report is not None and report.failed:
+        console.print(f"[bold red]{len(report.failed)} expectation(s) missed[/]")
+        raise typer.Exit(1)

@@ -1,7 +1,7 @@
 """The training config: a typed schema in sections, read from YAML with `key=value` overrides.
 
-One dataclass per section (`model`, `data`, `intervention`, `train`, `eval`, `generate`) under
-`RunConfig`. `train` uses transformers' TrainingArguments names so its settings read the same as in
+One dataclass per section (`model`, `data`, `intervention`, `lora`, `train`, `eval`, `generate`)
+under `RunConfig`, beside the top-level `method` (reft, or the lora baseline). `train` uses transformers' TrainingArguments names so its settings read the same as in
 any HF recipe. Defaults follow the LoReFT paper (lr 9e-4, no warmup, linear schedule, no weight
 decay, max length 512, batch 8). Validation is generic (config_validation.py): every problem is
 collected and reported together, each with its key path, the value and what was expected.
@@ -12,6 +12,7 @@ collected and reported together, each with its key path, the value and what was 
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,14 +41,17 @@ from reft_cli.config_validation import (
 from reft_cli.errors import ReftError
 from reft_cli.interventions import INTERVENTIONS
 from reft_cli.positions import PositionSpec
+from reft_cli.splits import half_spec
 
 __all__ = [
     "NAMED_TEMPLATES",
+    "SCORINGS",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
     "GenerateConfig",
     "InterventionSection",
+    "LoraSection",
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
@@ -56,6 +60,8 @@ __all__ = [
 ]
 
 NAMED_TEMPLATES = ("alpaca", "chat", "commonsense", "gsm8k")
+SCORINGS = ("generate", "loglik")
+"""How `reft eval` scores: generated answers, or each answer option's log-likelihood."""
 """Prompt formats known by name; any other template is a format string with {field} placeholders."""
 
 _LAYERS_EXPECTED = "all, a layer number, a list like [2, 10] or a string like '2;10'"
@@ -65,12 +71,23 @@ _TEMPLATE_EXPECTED = (
 )
 
 
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _VAL_SIZE_EXPECTED = "a fraction between 0 and 1 (exclusive) or a positive number of rows"
+_EVAL_SPLIT_EXPECTED = "a split name (validation, validation[:500]) or selection of SPLIT"
 
 
 def _val_size_ok(size: int | float) -> bool:
     """An int counts held-out rows; a float is the held-out fraction."""
     return size >= 1 if isinstance(size, int) else 0 < size < 1
+
+
+def _eval_split_ok(split: str) -> bool:
+    """A split name, or `selection of SPLIT`: the paper's model-selection half (splits.py)."""
+    try:
+        half_spec(split)
+    except ReftError:
+        return False
+    return True
 
 
 def _layers_ok(layers: str | int | list[int]) -> bool:
@@ -127,7 +144,7 @@ class DataConfig:
     dataset_config: str | None = option(None)
     split: str = option("train")
     eval_dataset: str | None = option(None)
-    eval_split: str | None = option(None)
+    eval_split: str | None = option(None, rule(_eval_split_ok, _EVAL_SPLIT_EXPECTED))
     # role (prompt, response, input, label) -> column name
     columns: dict[str, str] = option({})  # noqa: RUF009 - option() returns a field
     template: str = option("{prompt}", rule(_template_ok, _TEMPLATE_EXPECTED))
@@ -152,6 +169,42 @@ class InterventionSection:
     dropout: float = option(0.0, rule(lambda v: 0 <= v < 1, "a number in [0, 1)"))
     act_fn: str | None = option(None, _activation)
     add_bias: bool = option(False)
+
+
+METHODS = ("reft", "lora", "probe")
+"""What `reft train` trains: ReFT interventions, the LoRA baseline through PEFT, or (classifiers)
+the head alone on the frozen model, a linear probe."""
+
+_TARGETS_EXPECTED = "null (PEFT's default for the model family), all-linear, or module names"
+
+
+def _targets_ok(targets: str | list[str]) -> bool:
+    """`all-linear`, a list of module names, or a comma-separated string of them."""
+    if targets == "all-linear":
+        return True
+    names = targets.split(",") if isinstance(targets, str) else targets
+    return bool(names) and all(_MODULE_NAME.fullmatch(name.strip()) for name in names)
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    """The LoRA baseline (method: lora), in PEFT's LoraConfig terms; biases stay frozen."""
+
+    r: int = option(8, POSITIVE_INT)
+    alpha: int = option(16, POSITIVE_INT)
+    dropout: float = option(0.0, rule(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    target_modules: str | list[str] | None = option(  # noqa: RUF009 - option() returns a field
+        None, rule(_targets_ok, _TARGETS_EXPECTED), expected=_TARGETS_EXPECTED
+    )
+
+    def target_list(self) -> str | list[str] | None:
+        """What PEFT's LoraConfig takes: None, "all-linear", or a list of module names."""
+        if self.target_modules is None or self.target_modules == "all-linear":
+            return self.target_modules
+        names = self.target_modules
+        if isinstance(names, str):
+            names = names.split(",")
+        return [name.strip() for name in names]
 
 
 @dataclass(frozen=True)
@@ -180,10 +233,16 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False)
     resume_from_checkpoint: str | None = option(None)  # a checkpoint folder, or "latest"
     report_to: Literal["none", "tensorboard", "wandb"] = option("none")
-    # Reuse the frozen prefix (tokens before the first intervened position) across epochs; the
-    # losses and gradients equal the plain path's. false turns it off for debugging.
+    # Speed-ups that keep the losses and gradients of the plain path (false turns one off for
+    # debugging): reuse the frozen prefix (tokens before the first intervened position) and the
+    # input to the lowest intervened layer across epochs, in RAM then on disk within budgets; run
+    # the lm head on response positions only; group a step's rows by length into micro-batches.
     cache_frozen_prefix: bool = option(True)
-    frozen_cache_budget_mb: int = option(2048, POSITIVE_INT)
+    cache_frozen_layers: bool = option(True)
+    frozen_cache_budget_mb: int = option(2048, NON_NEGATIVE)
+    frozen_cache_disk_mb: int = option(0, NON_NEGATIVE)
+    lm_head_on_targets: bool = option(True)
+    group_by_length: bool = option(True)
     metric_for_best_model: str | None = option(None)
     greater_is_better: bool | None = option(None)
 
@@ -199,9 +258,10 @@ class EvalConfig:
 
     tasks: list[str] = option([])  # noqa: RUF009 - option() returns a field
     batch_size: int = option(16, POSITIVE_INT)
-    max_new_tokens: int = option(256, POSITIVE_INT)
+    max_new_tokens: int | None = option(None, POSITIVE_INT)  # null: each task's paper default
     limit: int | None = option(None, POSITIVE_INT)
     split: str = option("test")
+    scoring: str = option("generate", one_of(SCORINGS))
 
 
 @dataclass(frozen=True)
@@ -221,12 +281,20 @@ class GenerateConfig:
 class RunConfig:
     """A whole run: every section, fully resolved (what training_config.yaml records)."""
 
+    # lora, probe: the `intervention` section is unused
+    method: str = option("reft", one_of(METHODS))
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     intervention: InterventionSection = dataclasses.field(default_factory=InterventionSection)
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     generate: GenerateConfig = dataclasses.field(default_factory=GenerateConfig)
+
+    def conflicts(self) -> list[str]:
+        if self.method == "probe" and self.model.task_type != "seq_cls":
+            return ["method: probe trains a classification head; set model.task_type: seq_cls"]
+        return []
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "the config") -> RunConfig:

@@ -25,6 +25,8 @@ from transformers import PreTrainedTokenizerBase
 
 from reft_cli.config import DataConfig
 from reft_cli.errors import ReftError
+from reft_cli.oe_eval import REQUESTS_FILE, read_requests
+from reft_cli.splits import half_spec, take_split
 from reft_cli.templates import RESPONSE_COLUMNS, PromptTemplate, make_template, missing_column
 
 __all__ = [
@@ -74,10 +76,13 @@ class LoadedData:
 # ---------------------------------------------------------------------------- loading rows
 
 
-def load_rows(source: str, config: str | None = None, split: str = "train") -> datasets.Dataset:
+def load_rows(
+    source: str, config: str | None = None, split: str = "train", revision: str | None = None
+) -> datasets.Dataset:
     """One split of a dataset: a local data file, a save_to_disk folder, `pkg:` data or a hub id.
 
-    A single data file is one split whatever `split` says; folders and hub datasets pick it.
+    A single data file is one split whatever `split` says; folders and hub datasets pick it. An
+    oe-eval `requests.jsonl.gz` file gives its docs (oe_eval.py). `revision` is the hub's.
     """
     path = _package_path(source) if source.startswith("pkg:") else Path(source).expanduser()
     if path.exists():
@@ -85,7 +90,7 @@ def load_rows(source: str, config: str | None = None, split: str = "train") -> d
     elif source.startswith("pkg:") or _looks_like_path(source):
         raise ReftError(f"dataset {source} not found (no file or folder at {path}); check the path")
     else:
-        rows = _load_hub(source, config, split)
+        rows = _load_hub(source, config, split, revision)
     if len(rows) == 0:
         raise _no_rows(source)
     return rows
@@ -97,7 +102,8 @@ def _no_rows(source: object) -> ReftError:
 
 def _looks_like_path(source: str) -> bool:
     """Hub ids look like `owner/name`; paths start like one or end in a data-file extension."""
-    return source.startswith((".", "/", "~")) or Path(source).suffix.lower() in DATA_FILE_BUILDERS
+    suffix = Path(source).suffix.lower()
+    return source.startswith((".", "/", "~")) or suffix in DATA_FILE_BUILDERS or suffix == ".gz"
 
 
 def _package_path(source: str) -> Path:
@@ -123,6 +129,8 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
         except Exception as err:
             raise ReftError(f"could not read dataset folder {path}: {_first_line(err)}") from err
         return _pick_split(loaded, split, str(path))
+    if path.name.endswith(REQUESTS_FILE):
+        return read_requests(path)
     builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise ReftError(
@@ -141,9 +149,11 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
         raise ReftError(f"could not read {path} as {builder}: {_first_line(err)}") from err
 
 
-def _load_hub(source: str, config: str | None, split: str) -> datasets.Dataset:
+def _load_hub(
+    source: str, config: str | None, split: str, revision: str | None = None
+) -> datasets.Dataset:
     try:
-        return datasets.load_dataset(source, config, split=split)
+        return datasets.load_dataset(source, config, split=split, revision=revision)
     except ValueError as err:
         found = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", str(err))
         if found:
@@ -329,8 +339,9 @@ def load_data(
     """The train (and eval) examples data_cfg describes.
 
     Eval comes from data.eval_dataset/eval_split (eval_split alone: another split of the training
-    dataset; eval_dataset alone: its 'validation' split) or, with data.val_size, from a seeded
-    hold-out of the training examples. max_samples keeps the first N training rows.
+    dataset; eval_dataset alone: its 'validation' split; `selection of validation`: the paper's
+    model-selection half of it, splits.py) or, with data.val_size, from a seeded hold-out of the
+    training examples. max_samples keeps the first N training rows.
     """
     if data_cfg.dataset is None:
         raise ReftError("data.dataset is not set; name a hub dataset or a local data file")
@@ -354,7 +365,7 @@ def load_data(
     if separate_eval:
         source = data_cfg.eval_dataset or data_cfg.dataset
         config = data_cfg.dataset_config if data_cfg.eval_dataset is None else None
-        eval_rows = load_rows(source, config, data_cfg.eval_split or "validation")
+        eval_rows = _eval_rows(source, config, data_cfg.eval_split or "validation", seed)
         evals, dropped_eval = build_examples(
             eval_rows, data_cfg, task_type, tokenizer, template, **build
         )
@@ -369,6 +380,14 @@ def load_data(
         num_labels=_num_labels(train, names, num_labels) if task_type == "seq_cls" else None,
         template=template.spec,
     )
+
+
+def _eval_rows(source: str, config: str | None, split: str, seed: int) -> datasets.Dataset:
+    """The eval split; `selection of validation` keeps the paper's model-selection half of it."""
+    spec = half_spec(split)
+    if spec is None:  # passed as written: hub datasets read their own slice syntax
+        return load_rows(source, config, split)
+    return take_split(load_rows(source, config, spec.name), spec, seed)
 
 
 def _num_labels(train: Sequence[Example], names: Sequence[str] | None, given: int | None) -> int:

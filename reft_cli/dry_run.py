@@ -9,15 +9,20 @@ from rich.syntax import Syntax
 from rich.text import Text
 
 from reft_cli.data import Example
+from reft_cli.model import ReftModel
 from reft_cli.trainer import Setup
 
 
 def show(setup: Setup, console: Console) -> None:
     console.print(Panel(Syntax(setup.run.dump_yaml(), "yaml"), title="resolved config"))
-    interventions, head, total = setup.model.count_parameters()
+    trainable, head, total = setup.model.count_parameters()
+    where = (
+        f"in {len(setup.model.reft_config.interventions)} intervention sites"
+        if isinstance(setup.model, ReftModel)
+        else f"of {setup.model.describe()}"
+    )
     line = (
-        f"trainable parameters: {interventions:,} ({100 * interventions / total:.4f}% of "
-        f"{total:,}) in {len(setup.model.reft_config.interventions)} intervention sites"
+        f"trainable parameters: {trainable:,} ({100 * trainable / total:.4f}% of {total:,}) {where}"
     )
     console.print(line + (f"; classification head: {head:,}" if head else ""))
     data = setup.data
@@ -25,13 +30,9 @@ def show(setup: Setup, console: Console) -> None:
         f"examples: {len(data.train)} train, {len(data.eval) if data.eval else 0} eval; "
         f"dropped as longer than max_length: {data.dropped_train + data.dropped_eval}"
     )
-    legend = Text.assemble(
-        ("prompt", "cyan"),
-        " · ",
-        ("response", "green"),
-        " · ",
-        ("intervened", "bold black on yellow"),
-    )
+    legend = Text.assemble(("prompt", "cyan"), " · ", ("response", "green"))
+    if isinstance(setup.model, ReftModel):
+        legend.append_text(Text.assemble(" · ", ("intervened", "bold black on yellow")))
     console.print(legend)
     for example in data.train[:2]:
         console.print(Panel(render_example(setup, example), title=f"example {example.example_id}"))
@@ -40,11 +41,16 @@ def show(setup: Setup, console: Console) -> None:
 def render_example(setup: Setup, example: Example) -> Text:
     """The example's tokens, coloured by role, with the intervention positions highlighted."""
     tokenizer, model = setup.tokenizer, setup.model
-    ids = torch.tensor([example.input_ids])
-    positions = model.positions_for(torch.tensor([example.prompt_length]), torch.ones_like(ids))
-    chosen = {
-        int(i) for p in positions.values() for i, m in zip(p.index[0], p.mask[0], strict=True) if m
-    }
+    chosen: set[int] = set()  # LoRA edits no particular position
+    if isinstance(model, ReftModel):
+        ids = torch.tensor([example.input_ids])
+        positions = model.positions_for(torch.tensor([example.prompt_length]), torch.ones_like(ids))
+        chosen = {
+            int(i)
+            for p in positions.values()
+            for i, m in zip(p.index[0], p.mask[0], strict=True)
+            if m
+        }
     styles = [
         "bold black on yellow" if t in chosen else "cyan" if t < example.prompt_length else "green"
         for t in range(len(example.input_ids))

@@ -14,11 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reft_cli.adapter_config import CONFIG_NAME, ReftConfig
-from reft_cli.config import DataConfig, ModelConfig, RunConfig, load_config
+from reft_cli.adapter_config import ReftConfig
+from reft_cli.config import SCORINGS, DataConfig, ModelConfig, RunConfig, load_config
+from reft_cli.config_validation import did_you_mean
 from reft_cli.errors import ReftError
+from reft_cli.lora_config import ADAPTER_MARKERS, LoraAdapterConfig, load_adapter_config
 from reft_cli.run_dir import CHECKPOINT
-from reft_cli.tasks import TaskRef, parse_split, parse_task_refs
+from reft_cli.splits import parse_split_spec
+from reft_cli.tasks import TASKS, TaskRef, parse_task_refs
 
 __all__ = ["TRAINING_CONFIG", "EvalOptions", "EvalPlan", "plan_eval"]
 
@@ -39,6 +42,7 @@ class EvalOptions:
     split: str | None = None
     max_new_tokens: int | None = None
     output: Path | None = None
+    scoring: str | None = None  # generate | loglik
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class EvalPlan:
     max_new_tokens: int | None  # None: each task's paper default
     template: str | None  # None: each task's own prompt format
     output: Path
+    scoring: str = "generate"  # loglik: multiple-choice options by log-likelihood
 
 
 # ---------------------------------------------------------------------------- planning
@@ -67,29 +72,50 @@ def plan_eval(options: EvalOptions) -> EvalPlan:
     run, config_path = _run_config(options)
     adapter = _adapter_dir(options, run)
     if adapter is not None and config_path is not None:
-        _check_agreement(ReftConfig.load(adapter), run, adapter, config_path)
+        _check_agreement(load_adapter_config(adapter), run, adapter, config_path)
     template = _template(adapter, run, config_path)
     has_config = config_path is not None
     split = options.split or (run.eval.split if has_config else "test")
-    parse_split(split)
+    parse_split_spec(split)
     if options.output is not None:
         output = options.output
     elif adapter is not None:
         output = adapter / "eval"
     else:
         output = (options.adapter or Path(run.train.output_dir)) / "eval-base"
+    scoring = options.scoring or run.eval.scoring
+    tasks = parse_task_refs(list(options.tasks) if options.tasks else run.eval.tasks)
+    _check_scoring(scoring, tasks)
     return EvalPlan(
         run=run,
         config_path=config_path,
         adapter=adapter,
-        tasks=parse_task_refs(list(options.tasks) if options.tasks else run.eval.tasks),
+        tasks=tasks,
         split=split,
         limit=options.limit if options.limit is not None else run.eval.limit,
         batch_size=options.batch_size or run.eval.batch_size,
-        max_new_tokens=options.max_new_tokens or (run.eval.max_new_tokens if has_config else None),
+        max_new_tokens=options.max_new_tokens or run.eval.max_new_tokens,
         template=template,
         output=output,
+        scoring=scoring,
     )
+
+
+def _check_scoring(scoring: str, tasks: Sequence[TaskRef]) -> None:
+    """Log-likelihood scoring needs answer options, which only the multiple-choice sets have."""
+    if scoring not in SCORINGS:
+        raise ReftError(
+            f"unknown scoring {scoring!r}{did_you_mean(scoring, SCORINGS)}; use one of "
+            f"{', '.join(SCORINGS)}"
+        )
+    if scoring == "loglik":
+        other = [ref.name for ref in tasks if ref.task.options is None]
+        if other:
+            with_options = [name for name, task in TASKS.items() if task.options is not None]
+            raise ReftError(
+                f"--scoring loglik scores the multiple-choice sets ({', '.join(with_options)}); "
+                f"{', '.join(other)} can only be scored by generation (--scoring generate)"
+            )
 
 
 def _run_config(options: EvalOptions) -> tuple[RunConfig, Path | None]:
@@ -102,7 +128,7 @@ def _run_config(options: EvalOptions) -> tuple[RunConfig, Path | None]:
             "nothing to evaluate: give a config (reft eval configs/NAME.yaml) or an adapter "
             "(reft eval --adapter DIR)"
         )
-    reft = ReftConfig.load(options.adapter)
+    reft = load_adapter_config(options.adapter)
     for folder in _config_folders(options.adapter):
         if (folder / TRAINING_CONFIG).is_file():
             return load_config(folder / TRAINING_CONFIG), folder / TRAINING_CONFIG
@@ -123,10 +149,12 @@ def _adapter_dir(options: EvalOptions, run: RunConfig) -> Path | None:
     if options.adapter is not None:
         return options.adapter
     output = Path(run.train.output_dir)
-    return output if (output / CONFIG_NAME).is_file() else None
+    return output if any((output / name).is_file() for name in ADAPTER_MARKERS) else None
 
 
-def _check_agreement(reft: ReftConfig, run: RunConfig, adapter: Path, source: Path) -> None:
+def _check_agreement(
+    reft: ReftConfig | LoraAdapterConfig, run: RunConfig, adapter: Path, source: Path
+) -> None:
     problems = []
     if not _same_model(reft.base_model, run.model.name_or_path):
         problems.append(
@@ -157,7 +185,7 @@ def _same_model(a: str | None, b: str) -> bool:
 
 def _template(adapter: Path | None, run: RunConfig, config_path: Path | None) -> str | None:
     if adapter is not None:
-        recorded = ReftConfig.load(adapter).prompt_template
+        recorded = load_adapter_config(adapter).prompt_template
         if recorded is not None:
             return recorded
     return run.data.template if config_path is not None else None

@@ -7,7 +7,9 @@ hour of generation.
 
 Writes `eval_results.json` (metrics, example counts, adapter and config identity, timing),
 `predictions/<task>.jsonl` (prompt, generation, parsed answer, gold, correct) and, for
-Alpaca-Eval, `alpaca_eval.json` in alpaca_eval's model-outputs format.
+Alpaca-Eval, `alpaca_eval.json` in alpaca_eval's model-outputs format. With `scoring: loglik` the
+multiple-choice sets are scored by each option's log-likelihood instead (loglik.py), and each
+prediction records the options' log-likelihoods, the chosen and the gold option.
 
     report = run_eval(EvalOptions(adapter=Path("out/run"), tasks=("boolq",), limit=50), console)
 """
@@ -33,11 +35,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from reft_cli.adapter_config import CONFIG_NAME, ReftConfig
-from reft_cli.adapter_io import WEIGHTS_NAME, atomic_write_text
+from reft_cli.adapter_io import atomic_write_text
 from reft_cli.config import DataConfig
 from reft_cli.errors import ReftError
 from reft_cli.eval_plan import EvalOptions, EvalPlan, plan_eval
+from reft_cli.loglik import choose, continuation_logliks, encode_requests
+from reft_cli.lora_config import adapter_files, load_adapter_config
 from reft_cli.predict import Subject, classify, generate_texts, load_subject
 from reft_cli.scorers import (
     alpaca_eval_record,
@@ -66,6 +69,7 @@ class TaskResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     truncated: int = 0
+    max_new_tokens: int | None = None  # the generation budget used; None: nothing generated
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class TaskResult:
             "source": self.source,
             "seconds": round(self.seconds, 2),
             "truncated_prompts": self.truncated,
+            "max_new_tokens": self.max_new_tokens,
         }
 
 
@@ -111,12 +116,28 @@ class _Prepared:
 
 def _prepare(plan: EvalPlan) -> list[_Prepared]:
     seed = plan.run.train.seed
-    return [
+    prepared = [
         _Prepared(
             ref, ref.task.items(load_task_rows(ref, plan.split, plan.limit, seed), ref.source)
         )
         for ref in plan.tasks
     ]
+    if plan.scoring == "loglik":
+        for item in prepared:
+            _check_options(item)
+    return prepared
+
+
+def _check_options(prepared: _Prepared) -> None:
+    """Log-likelihood scoring needs each option's text, which LLM-Adapters rows do not have."""
+    if all("choices" in item for item in prepared.items):
+        return
+    raise ReftError(
+        f"task {prepared.ref.name}: --scoring loglik needs each answer option's text, but "
+        f"{prepared.ref.source} has LLM-Adapters rows (instruction and answer only); evaluate a "
+        f"copy with the raw columns ({', '.join(prepared.ref.task.columns)}) or use --scoring "
+        "generate"
+    )
 
 
 def _prompt_fields(item: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +172,8 @@ def _tokenize(
 def evaluate_task(
     plan: EvalPlan, subject: Subject, prepared: _Prepared, progress: Progress
 ) -> TaskResult:
+    if plan.scoring == "loglik":
+        return _evaluate_loglik(plan, subject, prepared, progress)
     ref, items = prepared.ref, prepared.items
     start = time.perf_counter()
     prompts, ids, truncated = _tokenize(plan, subject, prepared)
@@ -163,12 +186,33 @@ def evaluate_task(
         preds = classify(subject, ids, plan.batch_size, advance)
         result = _score_glue(ref, items, prompts, preds, subject)
     else:
-        max_new = plan.max_new_tokens or ref.task.max_new_tokens
+        max_new = plan.max_new_tokens or ref.task.max_new_tokens  # None: the paper's per task
         texts = generate_texts(subject, ids, plan.batch_size, max_new, advance)
         result = _score_generations(ref, items, prompts, texts)
+        result.max_new_tokens = max_new
     result.seconds = time.perf_counter() - start
     result.truncated = truncated
     return result
+
+
+def _evaluate_loglik(
+    plan: EvalPlan, subject: Subject, prepared: _Prepared, progress: Progress
+) -> TaskResult:
+    """Every option scored by its log-likelihood; the progress bar counts options."""
+    ref, start = prepared.ref, time.perf_counter()
+    requests, truncated = encode_requests(
+        subject.tokenizer, prepared.items, plan.run.data.max_length
+    )
+    bar = progress.add_task(f"{ref.name} (options)", total=len(requests))
+    logliks = continuation_logliks(
+        subject, requests, plan.batch_size, lambda n: progress.update(bar, advance=n)
+    )
+    predictions, metrics = choose(prepared.items, logliks)
+    task = ref.task
+    return TaskResult(
+        task.name, task.metric, metrics[task.metric], metrics, len(prepared.items), ref.source,
+        predictions, time.perf_counter() - start, truncated,
+    )  # fmt: skip
 
 
 def _score_generations(
@@ -267,7 +311,7 @@ def run_eval(options: EvalOptions, console: Console) -> dict[str, Any]:
 
 def _base(plan: EvalPlan) -> str:
     if plan.adapter is not None:
-        return ReftConfig.load(plan.adapter).base_model or "?"
+        return load_adapter_config(plan.adapter).base_model or "?"
     return plan.run.model.name_or_path
 
 
@@ -292,10 +336,11 @@ def _report(
 ) -> dict[str, Any]:
     adapter = None
     if plan.adapter is not None:
+        weights, adapter_config = adapter_files(plan.adapter)
         adapter = {
             "path": str(plan.adapter.resolve()),
-            "weights_sha256": _sha256(plan.adapter / WEIGHTS_NAME),
-            "config_sha256": _sha256(plan.adapter / CONFIG_NAME),
+            "weights_sha256": _sha256(weights),
+            "config_sha256": _sha256(adapter_config),
         }
     config = None
     if plan.config_path is not None:
@@ -313,6 +358,7 @@ def _report(
         "limit": plan.limit,
         "batch_size": plan.batch_size,
         "max_new_tokens": plan.max_new_tokens,
+        "scoring": plan.scoring,
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(seconds, 2),
         "average": sum(scores) / len(scores) if scores else None,

@@ -15,6 +15,7 @@ from reft_cli.adapter_config import CONFIG_NAME
 from reft_cli.adapter_io import WEIGHTS_NAME
 from reft_cli.errors import ReftError
 from reft_cli.hub_card import CARD_NAME, eval_results_path, render_card
+from reft_cli.lora_config import is_lora_adapter
 from reft_cli.native_adapter import NativeAdapter
 from reft_cli.pyreft_format import (
     CONFIG_FILE,
@@ -61,6 +62,11 @@ def export_adapter(
     """Write ADAPTER as `format` into OUT, then push OUT to the hub when asked."""
     if format not in FORMATS:
         raise ReftError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if is_lora_adapter(adapter):
+        raise ReftError(
+            f"{adapter} is a LoRA adapter; export writes ReFT adapters only, and this folder is "
+            "already in PEFT's format (load it with peft.PeftModel.from_pretrained)"
+        )
     native = NativeAdapter.read(adapter)
     out = Path(out)
     refuse_existing(out)

@@ -11,7 +11,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from rich.console import Console
@@ -19,14 +19,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase, TextStreamer
 
-from reft_cli.adapter_config import ReftConfig
 from reft_cli.adapter_io import atomic_write_text
 from reft_cli.base_models import load_model, load_tokenizer
 from reft_cli.config import NAMED_TEMPLATES, DataConfig
 from reft_cli.errors import ReftError
 from reft_cli.generation import BASE, generate
+from reft_cli.lora_config import LoraAdapterConfig, load_adapter_config
 from reft_cli.model import ReftModel
 from reft_cli.templates import make_template
+
+if TYPE_CHECKING:
+    from reft_cli.lora import LoraModel
 
 DEFAULT_NAME = "default"
 
@@ -64,19 +67,30 @@ class GenerateOptions:
 class Session:
     """The base model, tokenizer and named adapters that one `reft generate` call serves."""
 
-    adapters: dict[str, ReftModel]
+    adapters: dict[str, ReftModel | LoraModel]  # a LoRA adapter is served alone
     tokenizer: PreTrainedTokenizerBase
     raw: bool = False
     templates: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_lora(self) -> bool:
+        """A LoRA session serves one adapter, which changes every position."""
+        return not isinstance(next(iter(self.adapters.values())), ReftModel)
 
     @classmethod
     def load(cls, specs: list[str], base_model: str | None, raw: bool) -> Session:
         """Adapters from `DIR` or `NAME=DIR` specs, all on one base model loaded once."""
         named = _parse_specs(specs)
         configs = {
-            name: ReftConfig.load(path) if path.is_dir() else _missing(path)
+            name: load_adapter_config(path) if path.is_dir() else _missing(path)
             for name, path in named.items()
         }
+        lora = [name for name, c in configs.items() if isinstance(c, LoraAdapterConfig)]
+        if lora and len(configs) > 1:
+            raise ReftError(
+                f"{named[lora[0]]} is a LoRA adapter, which changes the whole model, so it cannot "
+                "serve rows beside other adapters; generate with it alone"
+            )
         base_names = {c.base_model for c in configs.values()}
         model_name = base_model or next(iter(configs.values())).base_model
         if base_model is None and len(base_names) > 1:
@@ -88,6 +102,10 @@ class Session:
         tokenizer = load_tokenizer(model_name)
         tokenizer.padding_side = "left"
         base = load_model(model_name, task_type=first.task_type, dtype=first.dtype)
+        if lora:
+            from reft_cli.lora import LoraModel  # PEFT, imported only for a LoRA folder
+
+            return cls({lora[0]: LoraModel.from_pretrained(named[lora[0]], base)}, tokenizer, raw)
         adapters = {name: ReftModel.from_pretrained(named[name], base).eval() for name in named}
         return cls(adapters, tokenizer, raw)
 
@@ -133,6 +151,8 @@ class Session:
         self, names: list[str], rows: list[dict[str, Any]], options: GenerateOptions, **extra: Any
     ) -> list[list[str]]:
         """Each row's generations (num_return_sequences per row)."""
+        if self.is_lora and len(set(names)) > 1:
+            return self._answer_apart(names, rows, options, **extra)
         batch = self.encode(names, rows)
         out = generate(
             self.adapters,
@@ -148,6 +168,19 @@ class Session:
         k = options.num_return_sequences
         return [texts[i * k : (i + 1) * k] for i in range(len(rows))]
 
+    def _answer_apart(
+        self, names: list[str], rows: list[dict[str, Any]], options: GenerateOptions, **extra: Any
+    ) -> list[list[str]]:
+        """One batch per name: a LoRA adapter changes every position, so its rows and the base
+        model's cannot share a forward pass."""
+        answers: list[list[str]] = [[] for _ in rows]
+        for name in dict.fromkeys(names):
+            chosen = [i for i, n in enumerate(names) if n == name]
+            texts = self.answer([name] * len(chosen), [rows[i] for i in chosen], options, **extra)
+            for i, text in zip(chosen, texts, strict=True):
+                answers[i] = text
+        return answers
+
 
 def _text(row: dict[str, Any]) -> str:
     text = row.get("prompt")
@@ -156,7 +189,7 @@ def _text(row: dict[str, Any]) -> str:
     return text
 
 
-def _missing(path: Path) -> ReftConfig:
+def _missing(path: Path) -> NoReturn:
     raise ReftError(f"adapter folder {path} does not exist")
 
 

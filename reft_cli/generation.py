@@ -1,14 +1,15 @@
 """Generation with several adapters on one base model, one adapter (or none) per row.
 
 Every adapter's hooks sit on the same base model; each is armed for its own rows only, so one
-batched forward pass serves all of them and a row gets exactly its adapter's edits.
+batched forward pass serves all of them and a row gets exactly its adapter's edits. A LoRA adapter
+changes the whole model, so it serves a batch alone, or steps aside for the base model's batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
-from typing import Any
+from contextlib import ExitStack, nullcontext
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -16,12 +17,15 @@ from torch import Tensor
 from reft_cli.errors import ReftError
 from reft_cli.model import ReftModel
 
+if TYPE_CHECKING:
+    from reft_cli.lora import LoraModel
+
 BASE = "base"
 
 
 @torch.no_grad()
 def generate(
-    adapters: Mapping[str, ReftModel],
+    adapters: Mapping[str, ReftModel | LoraModel],
     input_ids: Tensor,
     attention_mask: Tensor,
     adapter_names: Sequence[str],
@@ -42,6 +46,8 @@ def generate(
     models = list(adapters.values())
     if not models:
         raise ReftError("generate needs at least one adapter")
+    if not all(isinstance(m, ReftModel) for m in models):
+        return _generate_lora(adapters, input_ids, attention_mask, adapter_names, **generate_kwargs)
     base = models[0].model
     if any(m.model is not base for m in models):
         raise ReftError("all adapters in one batch must wrap the same base model object")
@@ -53,3 +59,23 @@ def generate(
                 model.prompt_edits(attention_mask, prompt_lengths, rows=rows, use_cache=use_cache)
             )
         return base.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+
+def _generate_lora(
+    adapters: Mapping[str, LoraModel],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    adapter_names: Sequence[str],
+    **generate_kwargs: Any,
+) -> Tensor:
+    """A LoRA adapter changes every position, so a batch runs either it or the plain base model."""
+    if len(adapters) != 1:
+        raise ReftError("a LoRA adapter cannot share a batch with other adapters; use it alone")
+    if len(set(adapter_names)) != 1:
+        raise ReftError(
+            "a LoRA adapter's rows and the base model's cannot share a batch; generate them apart"
+        )
+    (model,) = adapters.values()
+    plain = model.disable_adapter() if adapter_names[0] == BASE else nullcontext()
+    with plain:
+        return model.generate(input_ids, attention_mask, **generate_kwargs)

@@ -32,6 +32,8 @@ HEAD_PREFIX = "head."
 class ReftModel(nn.Module):
     """A base model plus trainable interventions (and, for classification, a trainable head)."""
 
+    weights_name = WEIGHTS_NAME  # the file `load_adapter_weights` reads in a checkpoint
+
     def __init__(self, model: nn.Module, config: ReftConfig) -> None:
         super().__init__()
         self.model = model

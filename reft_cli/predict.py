@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from reft_cli.adapter_config import ReftConfig
 from reft_cli.adapter_io import WEIGHTS_NAME
 from reft_cli.base_models import load_model, load_tokenizer
 from reft_cli.config import ModelConfig
 from reft_cli.data import Example, collate
+from reft_cli.lora_config import LoraAdapterConfig, load_adapter_config
 from reft_cli.model import ReftModel
 
 __all__ = ["Subject", "classify", "generate_texts", "length_sorted_batches", "load_subject"]
@@ -32,13 +32,13 @@ Advance = Callable[[int], None]
 class Subject:
     """The model under evaluation: an adapter on its base model, or the base model alone."""
 
-    model: nn.Module  # a ReftModel, or a plain transformers model
+    model: nn.Module  # a ReftModel or LoraModel, or a plain transformers model
     tokenizer: PreTrainedTokenizerBase
     task_type: str = "causal_lm"
 
     @property
     def base_model(self) -> nn.Module:
-        return self.model.model if isinstance(self.model, ReftModel) else self.model
+        return self.model.model if self.has_adapter else self.model
 
     @property
     def device(self) -> torch.device:
@@ -46,7 +46,8 @@ class Subject:
 
     @property
     def has_adapter(self) -> bool:
-        return isinstance(self.model, ReftModel)
+        """A ReftModel or LoraModel: both take `prompt_lengths` and carry a `reft_config`."""
+        return hasattr(self.model, "reft_config")
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor, **kwargs) -> Tensor:
         if self.has_adapter:
@@ -71,12 +72,17 @@ def load_subject(adapter: Path | None, base: ModelConfig, num_labels: int | None
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if adapter is not None:
-        reft = ReftConfig.load(adapter)
-        extra = {}
-        if reft.task_type == "seq_cls":
-            extra["num_labels"] = _head_outputs(adapter / WEIGHTS_NAME)
+        reft = load_adapter_config(adapter)
         tokenizer = load_tokenizer(reft.base_model or "", reft.base_model_revision)
-        model = ReftModel.from_pretrained(adapter, **extra)
+        if isinstance(reft, LoraAdapterConfig):
+            from reft_cli.lora import LoraModel  # PEFT, imported only for a LoRA folder
+
+            model = LoraModel.from_pretrained(adapter)
+        else:
+            extra = {}
+            if reft.task_type == "seq_cls":
+                extra["num_labels"] = _head_outputs(adapter / WEIGHTS_NAME)
+            model = ReftModel.from_pretrained(adapter, **extra)
         task_type, plain = reft.task_type, model.model
     else:
         extra = (

@@ -10,11 +10,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reft_cli.adapter_config import CONFIG_NAME
-from reft_cli.adapter_io import current_umask
+from reft_cli.adapter_io import WEIGHTS_NAME, current_umask
 from reft_cli.errors import ReftError
+from reft_cli.lora_config import (
+    ADAPTER_MARKERS,
+    LORA_CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+)
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-RUN_FILES = (CONFIG_NAME, "reft_model.safetensors", "trainer_log.jsonl", "training_config.yaml")
+RUN_FILES = (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    LORA_CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    "trainer_log.jsonl",
+    "training_config.yaml",
+)
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -24,9 +38,14 @@ def checkpoints(output_dir: Path) -> list[Path]:
     found = [
         (int(m.group(1)), p)
         for p in output_dir.iterdir()
-        if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name)) and (p / CONFIG_NAME).is_file()
+        if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name)) and _is_adapter(p)
     ]
     return [p for _, p in sorted(found)]
+
+
+def _is_adapter(folder: Path) -> bool:
+    """A ReFT or LoRA adapter folder (its record file is written last)."""
+    return any((folder / name).is_file() for name in ADAPTER_MARKERS)
 
 
 def holds_a_run(output_dir: Path) -> bool:
@@ -68,7 +87,7 @@ def resolve_checkpoint(output_dir: Path, resume: str) -> Path:
             )
         return found[-1]
     path = Path(resume)
-    if not (path / CONFIG_NAME).is_file():
+    if not _is_adapter(path):
         raise ReftError(
             f"checkpoint {path} not found or incomplete; pass a checkpoint-<step> folder or latest"
         )

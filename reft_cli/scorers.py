@@ -16,7 +16,6 @@ answer letter must stand alone, so `Answer` is not read as `A`.
 from __future__ import annotations
 
 import math
-import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ __all__ = [
     "alpaca_eval_record",
     "f1_binary",
     "glue_metrics",
-    "glue_resplit",
     "is_number",
     "matthews_corrcoef",
     "parse_choice_letter",
@@ -216,18 +214,6 @@ def glue_metrics(task: str, preds: Sequence[float], labels: Sequence[float]) -> 
     if len(result) > 1:
         result["combined_score"] = sum(result.values()) / len(result)
     return result
-
-
-def glue_resplit(size: int, seed: int) -> tuple[list[int], list[int]]:
-    """The paper's re-split of a GLUE validation set: (selection rows, reported test rows).
-
-    Model selection takes 1000 rows when the split has more than 5000, else half (rounded down);
-    the rest is the reported test. Rows are drawn with `seed`; each part keeps the file order.
-    """
-    chosen = 1000 if size > 5000 else size // 2
-    picked = set(random.Random(seed).sample(range(size), chosen))
-    selection = [i for i in range(size) if i in picked]
-    return selection, [i for i in range(size) if i not in picked]
 
 
 def _same_length(a: Sequence, b: Sequence) -> None:

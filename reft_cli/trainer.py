@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -22,14 +22,15 @@ from accelerate.utils import gather_object, is_tensorboard_available, is_wandb_a
 from rich.console import Console
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from reft_cli.adapter_io import WEIGHTS_NAME, atomic_write_text
+from reft_cli.adapter_io import atomic_write_text
 from reft_cli.base_models import load_model, load_tokenizer
-from reft_cli.batching import plan_epoch, steps_per_epoch
+from reft_cli.batching import group_by_length, plan_epoch, steps_per_epoch
 from reft_cli.config import RunConfig
 from reft_cli.data import IGNORE_INDEX, Example, LoadedData, collate, load_data
 from reft_cli.errors import ReftError
+from reft_cli.lora_config import LoraAdapterConfig
 from reft_cli.model import ReftModel, get_reft_model
-from reft_cli.model_card import write_model_card
+from reft_cli.model_card import write_lora_card, write_model_card
 from reft_cli.prefix_cache import PrefixCache
 from reft_cli.reporting import (
     LOG_NAME,
@@ -48,8 +49,11 @@ from reft_cli.run_dir import (
     write_checkpoint,
 )
 from reft_cli.scorers import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
-from reft_cli.steps import forward, loss_sum
+from reft_cli.steps import forward, loss_sum, takes_logits_to_keep
 from reft_cli.train_state import Progress, load_training_state, save_training_state
+
+if TYPE_CHECKING:
+    from reft_cli.lora import LoraModel
 
 CONFIG_COPY = "training_config.yaml"
 
@@ -60,12 +64,13 @@ class Setup:
 
     run: RunConfig
     tokenizer: PreTrainedTokenizerBase
-    model: ReftModel
+    model: ReftModel | LoraModel
     data: LoadedData
 
 
 def build(run: RunConfig) -> Setup:
-    """Load tokenizer, data and base model, and wrap the model with the configured interventions."""
+    """Load tokenizer, data and base model, and wrap the model with the configured interventions
+    (or, with `method: lora`, with LoRA)."""
     set_seed(run.train.seed)
     tokenizer = load_tokenizer(run.model.name_or_path, run.model.revision)
     data = load_data(
@@ -86,16 +91,40 @@ def build(run: RunConfig) -> Setup:
     )
     if base.config.pad_token_id is None:
         base.config.pad_token_id = tokenizer.pad_token_id
-    reft_config = run.reft_config(base.config.get_text_config().num_hidden_layers)
-    reft_config.prompt_template = data.template
-    reft_config.system_prompt = run.data.system_prompt
-    reft_config.tokenizer = {
+    settings: dict[str, Any] = {
         "padding_side": tokenizer.padding_side,
         "pad_token": tokenizer.pad_token,
     }
     if data.label_names:
-        reft_config.tokenizer["label_names"] = data.label_names
+        settings["label_names"] = data.label_names
+    if run.method == "lora":
+        return Setup(run, tokenizer, _lora_model(run, base, data, settings), data)
+    reft_config = run.reft_config(base.config.get_text_config().num_hidden_layers)
+    if run.method == "probe":  # the head alone: an adapter with no interventions
+        reft_config.interventions = []
+    reft_config.prompt_template = data.template
+    reft_config.system_prompt = run.data.system_prompt
+    reft_config.tokenizer = settings
     return Setup(run, tokenizer, get_reft_model(base, reft_config), data)
+
+
+def _lora_model(
+    run: RunConfig, base: torch.nn.Module, data: LoadedData, tokenizer: dict[str, Any]
+) -> LoraModel:
+    """The LoRA baseline on `base`; PEFT is imported only when a run asks for it."""
+    from reft_cli.lora import get_lora_model
+
+    config = LoraAdapterConfig(
+        base_model=run.model.name_or_path,
+        base_model_revision=run.model.revision,
+        task_type=run.model.task_type,
+        dtype=run.model.dtype,
+        num_labels=data.num_labels if run.model.task_type == "seq_cls" else None,
+        prompt_template=data.template,
+        system_prompt=run.data.system_prompt,
+        tokenizer=tokenizer,
+    )
+    return get_lora_model(base, run.lora, config)
 
 
 class Trainer:
@@ -148,9 +177,21 @@ class Trainer:
             num_training_steps=self.total_steps,
         )
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        cfg = self.cfg
+        self.head_on_targets = cfg.lm_head_on_targets and takes_logits_to_keep(self.model.model)
+        # LoRA changes the computation at every position, so it leaves no prefix frozen.
+        cache = run.method == "reft" and (cfg.cache_frozen_prefix or cfg.cache_frozen_layers)
         self.prefix_cache = (
-            PrefixCache(self.model, self.cfg.frozen_cache_budget_mb * 2**20)
-            if self.cfg.cache_frozen_prefix and PrefixCache.applies(self.model, run.model.task_type)
+            PrefixCache(
+                self.model,
+                cfg.frozen_cache_budget_mb * 2**20,
+                prefix=cfg.cache_frozen_prefix,
+                layers=cfg.cache_frozen_layers,
+                head_on_targets=self.head_on_targets,
+                disk_bytes=cfg.frozen_cache_disk_mb * 2**20,
+                disk_dir=self.output_dir,
+            )
+            if cache and PrefixCache.applies(self.model, run.model.task_type)
             else None
         )
         if self.main:
@@ -158,7 +199,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.progress = Progress()
         if self.resume is not None:
-            self.model.load_adapter_weights(self.resume / WEIGHTS_NAME)
+            self.model.load_adapter_weights(self.resume / self.model.weights_name)
             self.progress = load_training_state(self.resume, self.optimizer, self.scheduler)
         self.log = TrainerLog(
             self.output_dir / LOG_NAME,
@@ -217,6 +258,8 @@ class Trainer:
         while progress.step_in_epoch < len(plan.steps) and progress.global_step < self.total_steps:
             step_start = time.perf_counter()
             shards = plan.shard(progress.step_in_epoch, self.accelerator.process_index, self.world)
+            if cfg.group_by_length:
+                shards = group_by_length(shards, self._step_lengths(shards))
             loss = self._step([self._batch(rows) for rows in shards if rows])
             progress.global_step += 1
             progress.step_in_epoch += 1
@@ -251,6 +294,16 @@ class Trainer:
             progress.epoch += 1
             progress.step_in_epoch = 0
 
+    def _step_lengths(self, shards: list[list[int]]) -> dict[int, int]:
+        """How many positions a step runs for each of these rows (the cache skips a prefix)."""
+        rows = [r for micro in shards for r in micro]
+        examples = [self.data.train[r] for r in rows]
+        lengths = torch.tensor([len(ex.input_ids) for ex in examples])
+        if self.prefix_cache is not None and rows:
+            prompts = torch.tensor([ex.prompt_length for ex in examples])
+            lengths = self.prefix_cache.step_lengths(prompts, lengths)
+        return dict(zip(rows, lengths.tolist(), strict=True))
+
     def _batch(self, rows: list[int]) -> dict[str, torch.Tensor]:
         batch = collate([self.data.train[i] for i in rows], self.setup.tokenizer.pad_token_id)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
@@ -271,10 +324,10 @@ class Trainer:
             sync = acc.no_sync(self.wrapped) if i < len(micro) - 1 else contextlib.nullcontext()
             with sync, acc.autocast():
                 if self.prefix_cache is not None:
-                    logits, labels = self.prefix_cache.forward(self.wrapped, batch)
+                    outputs, targets = self.prefix_cache.forward(self.wrapped, batch)
                 else:
-                    logits, labels = forward(self.wrapped, batch), batch["labels"]
-                summed, _ = loss_sum(logits, labels, task_type)
+                    outputs, targets = forward(self.wrapped, batch, task_type, self.head_on_targets)
+                summed, _ = loss_sum(outputs, targets, task_type)
             acc.backward(summed * self.world / count)
             total += summed.detach().float()
         loss = (acc.reduce(total, "sum") / count).item()
@@ -350,7 +403,7 @@ class Trainer:
         progress = self.progress
         if progress.best_checkpoint and self.cfg.metric_for_best_model:
             self.model.load_adapter_weights(
-                self.output_dir / progress.best_checkpoint / WEIGHTS_NAME
+                self.output_dir / progress.best_checkpoint / self.model.weights_name
             )
         interventions, head, base = self.model.count_parameters()
         summary = RunSummary(
@@ -367,12 +420,17 @@ class Trainer:
             else None,
             best_metric=progress.best_metric,
         )
-        if self.main:
-            if self.prefix_cache is not None:
+        if self.prefix_cache is not None:
+            if self.main:
                 self.console.print(self.prefix_cache.describe())
+            self.prefix_cache.store.clear()  # and its files, if it spilled to disk
+        if self.main:
             self.model.save_pretrained(self.output_dir)
             plot_losses(self.log.entries(), self.output_dir / PLOT_NAME)
-            write_model_card(self.output_dir, self.run, self.model.reft_config, summary)
+            if isinstance(self.model, ReftModel):
+                write_model_card(self.output_dir, self.run, self.model.reft_config, summary)
+            else:
+                write_lora_card(self.output_dir, self.run, self.model, summary)
         if self.cfg.report_to != "none":
             self.accelerator.end_training()
         self.accelerator.wait_for_everyone()
@@ -414,8 +472,8 @@ def evaluate(
         batch = collate(mine[i : i + size], tokenizer.pad_token_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            logits = forward(model, batch)
-        summed, count = loss_sum(logits, batch["labels"], task_type)
+            logits, targets = forward(model, batch, task_type)
+        summed, count = loss_sum(logits, targets, task_type)
         totals += torch.stack([summed.float(), count.float()])
         if task_type == "seq_cls":
             regression = logits.shape[-1] == 1

@@ -9,7 +9,6 @@ from reft_cli.scorers import (
     alpaca_eval_record,
     f1_binary,
     glue_metrics,
-    glue_resplit,
     matthews_corrcoef,
     parse_choice_letter,
     parse_commonsense,
@@ -184,22 +183,6 @@ def test_glue_metrics_names_and_combined_score():
 def test_metrics_refuse_mismatched_inputs():
     with pytest.raises(ValueError, match="equal"):
         accuracy([1, 0], [1])
-
-
-@pytest.mark.parametrize(
-    ("size", "selection"), [(10_000, 1000), (5001, 1000), (5000, 2500), (1043, 521)]
-)
-def test_glue_resplit_sizes_are_the_papers(size, selection):
-    chosen, test = glue_resplit(size, seed=42)
-    assert len(chosen) == selection and len(test) == size - selection
-    assert not set(chosen) & set(test) and sorted(chosen + test) == list(range(size))
-    assert chosen == sorted(chosen) and test == sorted(test)
-
-
-def test_glue_resplit_is_seeded():
-    assert glue_resplit(100, seed=42) == glue_resplit(100, seed=42)
-    assert glue_resplit(100, seed=42) != glue_resplit(100, seed=43)
-    assert glue_resplit(100, seed=42)[0] != list(range(50))  # random, not the first half
 
 
 def test_alpaca_eval_record_has_exactly_alpaca_evals_fields():

