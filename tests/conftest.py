@@ -107,6 +107,20 @@ def byte_tokenizer(bos: bool = True) -> PreTrainedTokenizerFast:
     )
 
 
+def quick_train(out, **train) -> dict:
+    """`train:` settings for a six-step run on a tiny model that checkpoints at step 3."""
+    settings = {
+        "learning_rate": 1e-2,
+        "max_steps": 6,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 1,
+        "save_steps": 3,
+        "output_dir": str(out),
+        "seed": 3,
+    }
+    return settings | train
+
+
 def tiny_model_dir(path, model_type: str = "llama", num_layers: int = 3, **config):
     """A tiny random model with the byte tokenizer saved as a folder `reft train` can load."""
     torch.manual_seed(0)

