@@ -43,15 +43,18 @@ def current_umask() -> int:
     return mask
 
 
+def give_usual_mode(path: str | Path) -> None:
+    """mkstemp and safetensors both make 0600 files; give one the mode the user's umask asks for."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(
-        tmp, 0o666 & ~current_umask()
-    )  # mkstemp makes 0600; give the file the user's usual mode
     try:
         write(tmp)
+        give_usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

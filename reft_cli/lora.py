@@ -26,7 +26,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
 
-from reft_cli.adapter_io import load_tensors
+from reft_cli.adapter_io import give_usual_mode, load_tensors
 from reft_cli.base_models import load_model
 from reft_cli.config import LoraSection
 from reft_cli.errors import ReftError
@@ -121,6 +121,7 @@ class LoraModel(nn.Module):
             # in load_adapter_weights skips PEFT's hub lookup of the base model's config.
             self.peft.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
             for name in (PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME):
+                give_usual_mode(Path(staging) / name)
                 os.replace(Path(staging) / name, directory / name)
         self.reft_config.save(directory)
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from reft_cli import ReftConfig, ReftModel, get_reft_model
 from reft_cli.adapter_config import CONFIG_NAME
-from reft_cli.adapter_io import WEIGHTS_NAME
+from reft_cli.adapter_io import WEIGHTS_NAME, current_umask
 from reft_cli.errors import ReftError
 
 from .conftest import VOCAB, tiny_model
@@ -166,3 +166,10 @@ def test_saving_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
         trained().save_pretrained(tmp_path)
     assert (tmp_path / WEIGHTS_NAME).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+
+def test_saved_files_get_the_usual_mode_not_the_temporary_files_0600(tmp_path):
+    trained().save_pretrained(tmp_path / "a")
+    wanted = 0o666 & ~current_umask()
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        assert (tmp_path / "a" / name).stat().st_mode & 0o777 == wanted, name

@@ -11,6 +11,7 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from reft_cli import ReftConfig, get_reft_model
+from reft_cli.adapter_io import current_umask
 from reft_cli.base_models import load_model, load_tokenizer
 from reft_cli.config import ModelConfig, RunConfig, load_config
 from reft_cli.config_validation import ConfigError
@@ -209,6 +210,13 @@ def test_the_best_checkpoint_becomes_the_adapter(root, tmp_path):
     kept = load_file(summary.best_checkpoint / "adapter_model.safetensors")
     assert sorted(final) == sorted(kept)
     assert all(torch.equal(final[k], kept[k]) for k in final)
+
+
+def test_saved_files_get_the_usual_mode(trained):
+    _, out = trained
+    wanted = 0o666 & ~current_umask()
+    for name in ("adapter_model.safetensors", "adapter_config.json", "reft_lora.json"):
+        assert (out / name).stat().st_mode & 0o777 == wanted, name
 
 
 # ---------------------------------------------------------------------------- loading
