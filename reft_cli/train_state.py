@@ -6,7 +6,7 @@ so loading a checkpoint never unpickles.
 
     checkpoint-<step>/
       optimizer.safetensors  # optimizer tensors ("state.3.exp_avg"), scheduler tensors if any
-      rng.safetensors        # torch CPU/CUDA, Python and NumPy generator states
+      rng.safetensors        # torch CPU/CUDA, Python and NumPy generator states, per process
       training_state.json    # progress, optimizer param_groups and numbers, scheduler, RNG scalars
 
 In the JSON a tensor appears as {"__tensor__": key} (its key in the .safetensors file beside it), a
@@ -39,6 +39,7 @@ except ImportError:  # numpy is optional; without it there is no NumPy stream to
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 STATE_FILE = "training_state.json"
+OTHER_PROCESSES = "rng_other_processes"  # the JSON key of processes 1.. in a multi-process run
 FORMAT_VERSION = 1
 RESUME_ADVICE = "resume from an earlier checkpoint or start a new run"
 
@@ -101,10 +102,19 @@ def restore_rng(states: dict[str, Any]) -> None:
 
 
 def save_training_state(
-    directory: Path, optimizer: Stateful, scheduler: Stateful, progress: Progress
+    directory: Path,
+    optimizer: Stateful,
+    scheduler: Stateful,
+    progress: Progress,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the three files; each is atomic, and the JSON that points into the others goes last."""
+    """Write the three files; each is atomic, and the JSON that points into the others goes last.
+
+    `rng_states` holds every process's `capture_rng()`, in process order (this process's alone
+    when not given): each process draws its own dropout masks, so each resumes its own streams.
+    """
     directory = Path(directory)
+    rng_states = rng_states or [capture_rng()]
     optimizer_tensors: dict[str, torch.Tensor] = {}
     rng_tensors: dict[str, torch.Tensor] = {}
     state = {
@@ -112,8 +122,12 @@ def save_training_state(
         "progress": asdict(progress),
         "optimizer": _encode(optimizer.state_dict(), "", optimizer_tensors),
         "scheduler": _encode(scheduler.state_dict(), "scheduler", optimizer_tensors),
-        "rng": _encode(capture_rng(), "", rng_tensors),
+        "rng": _encode(rng_states[0], "", rng_tensors),
     }
+    if len(rng_states) > 1:  # process 0's stay under "rng", where single-process runs keep theirs
+        others = dict(enumerate(rng_states))
+        del others[0]
+        state[OTHER_PROCESSES] = _encode(others, "process", rng_tensors)
     text = json.dumps(state, indent=2) + "\n"  # before any write: progress.extra may not be JSON
     metadata = {"format": "pt", "reft_format_version": str(FORMAT_VERSION)}
     save_tensors(directory / OPTIMIZER_FILE, optimizer_tensors, metadata)
@@ -121,8 +135,15 @@ def save_training_state(
     atomic_write_text(directory / STATE_FILE, text)
 
 
-def load_training_state(directory: Path, optimizer: Stateful, scheduler: Stateful) -> Progress:
-    """Restore optimizer, scheduler and RNG streams in place; every file is read and checked first."""
+def load_training_state(
+    directory: Path,
+    optimizer: Stateful,
+    scheduler: Stateful,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> Progress:
+    """Restore optimizer, scheduler and this process's RNG streams in place; every file is read
+    and checked first."""
     directory = Path(directory)
     optimizer_tensors = _read_tensors(directory / OPTIMIZER_FILE)
     rng_tensors = _read_tensors(directory / RNG_FILE)
@@ -137,7 +158,8 @@ def load_training_state(directory: Path, optimizer: Stateful, scheduler: Statefu
         progress = _progress(raw["progress"])
         optimizer_state = _decode(raw["optimizer"], optimizer_tensors)
         scheduler_state = _decode(raw["scheduler"], optimizer_tensors)
-        rng_states = _decode(raw["rng"], rng_tensors)
+        rng_states = {0: _decode(raw["rng"], rng_tensors)}
+        rng_states |= _decode(raw.get(OTHER_PROCESSES, {}), rng_tensors)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ReftError(f"{path} is corrupt ({_one_line(err)}); {RESUME_ADVICE}") from err
     try:
@@ -148,7 +170,14 @@ def load_training_state(directory: Path, optimizer: Stateful, scheduler: Statefu
             f"the optimizer state in {directory} does not fit this run's trainable parameters "
             f"({_one_line(err)}); resume with the config that wrote it or start a new run"
         ) from err
-    restore_rng(rng_states)
+    if len(rng_states) != num_processes:
+        warnings.warn(
+            f"{directory} holds random states for {len(rng_states)} process(es) and this run has "
+            f"{num_processes}; processes without their own start from process 0's, so their "
+            "random draws (dropout) will not repeat the interrupted run's",
+            stacklevel=2,
+        )
+    restore_rng(rng_states.get(process_index, rng_states[0]))
     return progress
 
 

@@ -50,7 +50,12 @@ from reft_cli.run_dir import (
 )
 from reft_cli.scorers import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
 from reft_cli.steps import forward, loss_sum, takes_logits_to_keep
-from reft_cli.train_state import Progress, load_training_state, save_training_state
+from reft_cli.train_state import (
+    Progress,
+    capture_rng,
+    load_training_state,
+    save_training_state,
+)
 
 if TYPE_CHECKING:
     from reft_cli.lora import LoraModel
@@ -200,7 +205,13 @@ class Trainer:
         self.progress = Progress()
         if self.resume is not None:
             self.model.load_adapter_weights(self.resume / self.model.weights_name)
-            self.progress = load_training_state(self.resume, self.optimizer, self.scheduler)
+            self.progress = load_training_state(
+                self.resume,
+                self.optimizer,
+                self.scheduler,
+                self.accelerator.process_index,
+                self.accelerator.num_processes,
+            )
         self.log = TrainerLog(
             self.output_dir / LOG_NAME,
             keep_until_step=self.progress.global_step if self.resume else None,
@@ -378,11 +389,14 @@ class Trainer:
         return True
 
     def _save_checkpoint(self) -> None:
+        rng_states = gather_object([capture_rng()])  # every process's streams, to resume each
         if self.main:
 
             def fill(folder: Path) -> None:
                 self.model.save_pretrained(folder)
-                save_training_state(folder, self.optimizer, self.scheduler, self.progress)
+                save_training_state(
+                    folder, self.optimizer, self.scheduler, self.progress, rng_states
+                )
 
             write_checkpoint(self.output_dir, self.progress.global_step, fill)
             best = self.progress.best_checkpoint

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -115,3 +116,34 @@ def test_two_processes_train_the_same_adapter_as_one(setup, tmp_path):
     b = load_file(tmp_path / "two" / "reft_model.safetensors")
     for key in a:
         assert (a[key] - b[key]).abs().max() < 1e-5, key
+
+
+def torchrun_train(cfg, *overrides) -> subprocess.CompletedProcess:
+    command = ["torchrun", "--nproc_per_node", "2", "-m", "reft_cli", "train", str(cfg), *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_two_processes_resume_exactly_with_dropout(setup, tmp_path):
+    # 15 rows in steps of 4: each epoch's last step gives process 0 two rows and process 1 one,
+    # so the processes draw different numbers of dropout masks and their random streams part.
+    (tmp_path / "odd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:15]))
+    common = [
+        f"data.dataset={tmp_path / 'odd.jsonl'}",
+        "intervention.dropout=0.3",
+        "train.per_device_train_batch_size=2",
+        "train.max_steps=8",
+        "train.save_steps=5",
+    ]
+    full = torchrun_train(setup / "cfg.yaml", *common, f"train.output_dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stdout + full.stderr
+    resumed = torchrun_train(
+        setup / "cfg.yaml",
+        *common,
+        f"train.output_dir={tmp_path / 'resumed'}",
+        f"train.resume_from_checkpoint={tmp_path / 'full' / 'checkpoint-5'}",
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    a = load_file(tmp_path / "full" / "reft_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "reft_model.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)

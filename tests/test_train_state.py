@@ -15,6 +15,7 @@ from reft_cli.train_state import (
     RNG_FILE,
     STATE_FILE,
     Progress,
+    capture_rng,
     load_training_state,
     save_training_state,
 )
@@ -130,6 +131,38 @@ def test_python_numpy_and_torch_random_streams_are_restored(tmp_path):
     assert got[0] == expected[0]
     assert got[1] == expected[1]
     assert torch.equal(got[2], expected[2])
+
+
+def process_streams(seed):
+    """What `capture_rng` returns in a process whose generators were seeded with `seed`."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return capture_rng()
+
+
+def test_each_process_resumes_its_own_random_streams(tmp_path):
+    _, optimizer, scheduler = setup(seed=0)
+    states = [process_streams(seed) for seed in (10, 11, 12)]
+    save_training_state(tmp_path, optimizer, scheduler, Progress(), rng_states=states)
+    for index, seed in enumerate((10, 11, 12)):
+        process_streams(seed)
+        expected = (random.random(), np.random.rand(), torch.rand(3))
+        process_streams(99)
+        load_training_state(tmp_path, optimizer, scheduler, process_index=index, num_processes=3)
+        got = (random.random(), np.random.rand(), torch.rand(3))
+        assert got[:2] == expected[:2] and torch.equal(got[2], expected[2]), index
+
+
+def test_a_different_process_count_warns_and_falls_back_to_process_0(tmp_path):
+    _, optimizer, scheduler = setup(seed=0)
+    states = [process_streams(seed) for seed in (10, 11)]
+    save_training_state(tmp_path, optimizer, scheduler, Progress(), rng_states=states)
+    process_streams(10)
+    expected = torch.rand(3)
+    with pytest.warns(UserWarning, match="random states for 2 process"):
+        load_training_state(tmp_path, optimizer, scheduler, process_index=2, num_processes=3)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_progress_round_trips(tmp_path):
