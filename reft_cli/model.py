@@ -312,12 +312,7 @@ class ReftModel(nn.Module):
 
     # ----------------------------------------------------------------- save and load
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write `reft_model.safetensors` then `reft_config.json`, each atomically."""
-        directory = Path(directory)
-        save_tensors(
-            directory / WEIGHTS_NAME, self.trainable_state(), {"format": "pt", "library": "reft"}
-        )
-        self.reft_config.save(directory)
+        save_adapter(Path(directory), self.trainable_state(), self.reft_config)
 
     @classmethod
     def from_pretrained(
@@ -381,3 +376,10 @@ def _apply(intervention: Intervention, hidden: Tensor, positions: Positions) -> 
     change = intervention(selected) - selected.float()
     change = torch.where(positions.mask[..., None], change, 0.0).to(hidden.dtype)
     return hidden.scatter_add(1, index, change)
+
+
+def save_adapter(directory: Path, state: dict[str, Tensor], config: ReftConfig) -> None:
+    """Write `reft_model.safetensors` then `reft_config.json` (last: the folder is an adapter
+    once it is there), each atomically."""
+    save_tensors(directory / WEIGHTS_NAME, state, {"format": "pt", "library": "reft"})
+    config.save(directory)

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from reft_cli.adapter_config import CONFIG_NAME, InterventionConfig, ReftConfig
-from reft_cli.adapter_io import WEIGHTS_NAME, save_tensors
+from reft_cli.adapter_io import WEIGHTS_NAME
 from reft_cli.errors import ReftError
 from reft_cli.interventions import orthonormal_rows
-from reft_cli.model import HEAD_PREFIX, INTERVENTION_PREFIX, ReftModel
+from reft_cli.model import HEAD_PREFIX, INTERVENTION_PREFIX, ReftModel, save_adapter
 from reft_cli.native_adapter import NativeAdapter
 from reft_cli.positions import PositionSpec
 from reft_cli.pyreft_format import (
@@ -110,9 +110,8 @@ def import_pyreft(options: ImportOptions) -> ImportResult:
     if side is not None:
         state = _prefer_reft_weights(state, side.tensors, notes)
     _check_shapes(model, state, files)
-    with staged_dir(out) as tmp:  # what ReftModel.save_pretrained writes
-        save_tensors(tmp / WEIGHTS_NAME, state, {"format": "pt", "library": "reft"})
-        config.save(tmp)
+    with staged_dir(out) as tmp:
+        save_adapter(tmp, state, config)
     return ImportResult(out, config, notes)
 
 
