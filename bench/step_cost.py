@@ -3,9 +3,10 @@
 The floor is the base model's forward plus a backward that stops at the lowest intervened layer
 (the least a plain step that trains there must compute). A ReFT step is forward, backward and the
 optimizer step with the interventions in place, timed on reft's plain path and with every
-optimization on (frozen-state cache, lm head on response positions). The three are timed in turn,
-round after round, and the fastest round per kind is printed with ratios (other work on the machine
-only ever slows a round down); no wall-clock assertions.
+optimization on (frozen-state cache, lm head on response positions). Beside them, a step of the LoRA
+baseline as the offline recipes train it (rank 1 on every value projection, through PEFT). All are
+timed in turn, round after round, and the fastest round per kind is printed with ratios (other work
+on the machine only ever slows a round down); no wall-clock assertions.
 
     python bench/step_cost.py                 # both shapes on the embedded SmolLM2
     python bench/step_cost.py --repeats 10 --model smollm2-135m-instruct
@@ -21,6 +22,9 @@ import torch
 
 from reft_cli import ReftConfig, get_reft_model
 from reft_cli.base_models import load_model
+from reft_cli.config import LoraSection
+from reft_cli.lora import get_lora_model
+from reft_cli.lora_config import LoraAdapterConfig
 from reft_cli.prefix_cache import PrefixCache
 from reft_cli.steps import forward, loss_sum
 
@@ -89,6 +93,12 @@ def main() -> None:
         model = get_reft_model(base, config).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         cache = PrefixCache(model, budget_bytes=2**30, head_on_targets=True)
+        lora = get_lora_model(
+            load_model(args.model),
+            LoraSection(r=1, alpha=2, target_modules=["v_proj"]),
+            LoraAdapterConfig(base_model=args.model),
+        ).train()
+        lora_optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad])
 
         def step(outputs_and_targets, optimizer=optimizer) -> None:
             optimizer.zero_grad()
@@ -102,6 +112,9 @@ def main() -> None:
             "optimized": lambda model=model, data=data, cache=cache: step(
                 lambda: cache.forward(model, data)
             ),
+            "lora": lambda lora=lora, data=data, optimizer=lora_optimizer: step(
+                lambda: forward(lora, data, head_on_targets=True), optimizer
+            ),
         }
         times: dict[str, list[float]] = {kind: [] for kind in kinds}
         for round_ in range(args.repeats + 1):  # round 0 warms up (and fills the cache)
@@ -110,10 +123,12 @@ def main() -> None:
                 run()
                 if round_:
                     times[kind].append(clock() - start)
-        floor, plain, fast = (min(times[k]) for k in kinds)
+        floor, plain, fast, lora_step = (min(times[k]) for k in kinds)
         print(
             f"{name}: floor {floor:.3f} s; reft plain {plain:.3f} s ({plain / floor:.2f}×); "
-            f"reft optimized {fast:.3f} s ({fast / floor:.2f}×; {plain / fast:.2f}× faster)"
+            f"reft optimized {fast:.3f} s ({fast / floor:.2f}×; {plain / fast:.2f}× faster); "
+            f"LoRA r1 v_proj {lora_step:.3f} s ({lora_step / floor:.2f}×; "
+            f"{lora_step / fast:.2f}× reft optimized's time)"
         )
         print(f"  {cache.describe()}")
 
