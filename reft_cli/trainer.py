@@ -370,7 +370,12 @@ class Trainer:
     def _evaluate_and_select(self) -> bool:
         """Evaluate; save a checkpoint when the metric improves. True when one was saved."""
         metrics = evaluate(
-            self.accelerator, self.wrapped, self.data.eval, self.setup.tokenizer, self.run
+            self.accelerator,
+            self.wrapped,
+            self.data.eval,
+            self.setup.tokenizer,
+            self.run,
+            self.head_on_targets,
         )
         self.model.train()
         self._log({"step": self.progress.global_step, **metrics})
@@ -471,9 +476,11 @@ def evaluate(
     examples: list[Example],
     tokenizer: PreTrainedTokenizerBase,
     run: RunConfig,
+    head_on_targets: bool = False,
 ) -> dict[str, float]:
     """Mean eval loss over all processes' shares; for classification also the GLUE metrics
-    (accuracy, F1 for two classes, Matthews correlation; Pearson/Spearman for regression)."""
+    (accuracy, F1 for two classes, Matthews correlation; Pearson/Spearman for regression).
+    `head_on_targets` runs a causal LM's head on the response-predicting positions only."""
     model.eval()
     task_type = run.model.task_type
     size = run.train.per_device_eval_batch_size
@@ -486,7 +493,7 @@ def evaluate(
         batch = collate(mine[i : i + size], tokenizer.pad_token_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            logits, targets = forward(model, batch, task_type)
+            logits, targets = forward(model, batch, task_type, head_on_targets)
         summed, count = loss_sum(logits, targets, task_type)
         totals += torch.stack([summed.float(), count.float()])
         if task_type == "seq_cls":

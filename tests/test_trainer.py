@@ -321,6 +321,33 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
         torch.testing.assert_close(runs[True][1][key], value, atol=1e-5, rtol=1e-5)
 
 
+def test_eval_loss_with_the_head_on_targets_equals_the_full_head(
+    llama_dir, data_file, tmp_path, monkeypatch
+):
+    import reft_cli.trainer as trainer
+
+    run = config(llama_dir, data_file, tmp_path / "run", dropout=0.0, max_steps=2)
+    loop = Trainer(run, Console(quiet=True))
+    loop.train()
+    real, shapes = trainer.forward, {}
+
+    def spy(model, batch, task_type, head_on_targets):
+        logits, targets = real(model, batch, task_type, head_on_targets)
+        shapes.setdefault(head_on_targets, []).append(tuple(logits.shape))
+        return logits, targets
+
+    monkeypatch.setattr(trainer, "forward", spy)
+    examples = loop.data.train
+    kept, full = (
+        trainer.evaluate(loop.accelerator, loop.wrapped, examples, loop.setup.tokenizer, run, flag)
+        for flag in (True, False)
+    )
+    assert kept["eval_loss"] == pytest.approx(full["eval_loss"], abs=1e-6)
+    # One row of logits per response target, against (rows, tokens, vocab) for the full head.
+    assert all(len(shape) == 2 for shape in shapes[True])
+    assert all(len(shape) == 3 for shape in shapes[False])
+
+
 def test_a_cache_on_disk_gives_the_same_run_and_leaves_no_files(llama_dir, data_file, tmp_path):
     runs = {}
     for budget in ("ram", "disk"):
