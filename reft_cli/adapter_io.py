@@ -36,6 +36,31 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
+def load_matching_tensors(
+    path: Path, expected: dict[str, torch.Tensor], described_by: str, advice: str
+) -> dict[str, torch.Tensor]:
+    """The tensors in `path`, refused unless they have exactly the names and shapes of `expected`.
+
+    Other names are blamed on a mismatch with `described_by` (the file that sets the names), and
+    the error ends with `advice`.
+    """
+    tensors = load_tensors(path)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ReftError(
+            f"{path} does not match {described_by} (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); {advice}"
+        )
+    for name, target in expected.items():
+        if tensors[name].shape != target.shape:
+            raise ReftError(
+                f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected "
+                f"{tuple(target.shape)}; the adapter does not fit this base model"
+            )
+    return tensors
+
+
 def current_umask() -> int:
     """The process umask (reading it requires setting it; it is put back at once)."""
     mask = os.umask(0)

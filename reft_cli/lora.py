@@ -26,7 +26,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
 
-from reft_cli.adapter_io import give_usual_mode, load_tensors
+from reft_cli.adapter_io import give_usual_mode, load_matching_tensors, load_tensors
 from reft_cli.base_models import load_model
 from reft_cli.config import LoraSection
 from reft_cli.errors import ReftError
@@ -169,21 +169,12 @@ class LoraModel(nn.Module):
 
     def load_adapter_weights(self, path: Path) -> None:
         """Copy a saved adapter's tensors into this model, which must hold exactly those tensors."""
-        tensors = load_tensors(path)
-        expected = get_peft_model_state_dict(self.peft, save_embedding_layers=False)
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise ReftError(
-                f"{path} does not match the LoRA settings (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}); the adapter is corrupt or its {PEFT_CONFIG_NAME} was changed"
-            )
-        for name, target in expected.items():
-            if tensors[name].shape != target.shape:
-                raise ReftError(
-                    f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected "
-                    f"{tuple(target.shape)}; the adapter does not fit this base model"
-                )
+        tensors = load_matching_tensors(
+            path,
+            get_peft_model_state_dict(self.peft, save_embedding_layers=False),
+            "the LoRA settings",
+            f"the adapter is corrupt or its {PEFT_CONFIG_NAME} was changed",
+        )
         with torch.no_grad():
             set_peft_model_state_dict(self.peft, tensors)
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from reft_cli.adapter_config import ReftConfig
-from reft_cli.adapter_io import WEIGHTS_NAME, load_tensors, save_tensors
+from reft_cli.adapter_io import WEIGHTS_NAME, load_matching_tensors, save_tensors
 from reft_cli.architecture import Architecture
 from reft_cli.errors import ReftError
 from reft_cli.interventions import Intervention, Rotation, build_intervention
@@ -341,22 +341,12 @@ class ReftModel(nn.Module):
         return model
 
     def load_adapter_weights(self, path: Path) -> None:
-        tensors = load_tensors(path)
         expected = self.trainable_state()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise ReftError(
-                f"{path} does not match its reft_config.json (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}); the adapter is corrupt"
-            )
+        tensors = load_matching_tensors(
+            path, expected, "its reft_config.json", "the adapter is corrupt"
+        )
         with torch.no_grad():
             for name, target in expected.items():
-                if tensors[name].shape != target.shape:
-                    raise ReftError(
-                        f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected "
-                        f"{tuple(target.shape)}; the adapter does not fit this base model"
-                    )
                 target.copy_(tensors[name])
 
 
