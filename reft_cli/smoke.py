@@ -21,7 +21,7 @@ from reft_cli.config_validation import ConfigError
 from reft_cli.data import collate
 from reft_cli.errors import ReftError
 from reft_cli.predict import load_subject
-from reft_cli.reporting import LOG_NAME
+from reft_cli.reporting import LOG_NAME, TrainerLog
 from reft_cli.run_dir import holds_a_run
 from reft_cli.shipped import find_config
 from reft_cli.trainer import Trainer
@@ -73,7 +73,7 @@ def run_smoke(
         raise ReftError("; ".join(err.problems)) from err
     trainer = Trainer(run, console)
     trainer.train()
-    losses = [json.loads(line)["loss"] for line in (out / LOG_NAME).read_text().splitlines()]
+    losses = [entry["loss"] for entry in TrainerLog(out / LOG_NAME).entries() if "loss" in entry]
 
     batch = collate(trainer.data.train[:4], trainer.setup.tokenizer.pad_token_id)
     trained = trainer.accelerator.unwrap_model(trainer.model).eval()

@@ -125,8 +125,7 @@ def save_training_state(
         "rng": _encode(rng_states[0], "", rng_tensors),
     }
     if len(rng_states) > 1:  # process 0's stay under "rng", where single-process runs keep theirs
-        others = dict(enumerate(rng_states))
-        del others[0]
+        others = {index: states for index, states in enumerate(rng_states) if index}
         state[OTHER_PROCESSES] = _encode(others, "process", rng_tensors)
     text = json.dumps(state, indent=2) + "\n"  # before any write: progress.extra may not be JSON
     metadata = {"format": "pt", "reft_format_version": str(FORMAT_VERSION)}
