@@ -15,7 +15,7 @@ import time
 import torch
 
 from reft_cli import ReftConfig, get_reft_model
-from reft_cli.base_models import load_model, load_tokenizer
+from reft_cli.engine.base_models import load_model, load_tokenizer
 
 PROMPTS = [
     "Explain how a bicycle stays upright while moving.",

@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from reft_cli.adapter_config import InterventionConfig, ReftConfig
-from reft_cli.model import get_reft_model
+from reft_cli.engine.adapter_config import InterventionConfig, ReftConfig
+from reft_cli.engine.reft_model import get_reft_model
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-4
@@ -129,7 +129,7 @@ def main() -> None:
         exported = work / f"{name}-pyreft"
         command = ["export", "--adapter", str(native), "--format", "pyreft", "--out", str(exported)]
         subprocess.run([sys.executable, "-m", "reft_cli", *command], check=True)
-        from reft_cli.model import ReftModel
+        from reft_cli.engine.reft_model import ReftModel
 
         reft = ReftModel.from_pretrained(native, load_base(base_dir))
         positions = reft.positions_for(lengths, attention_mask)
@@ -169,7 +169,7 @@ def check_import(work: Path, base_dir: Path, input_ids, attention_mask) -> bool:
     """`reft import` of the adapter pyreft saved itself gives pyreft's logits."""
     from safetensors.torch import load_file
 
-    from reft_cli.model import ReftModel
+    from reft_cli.engine.reft_model import ReftModel
 
     imported = work / "pyreft-made-reft"
     command = ["import", str(work / "pyreft-made"), "--base-model", str(base_dir)]

@@ -32,10 +32,10 @@ def end_to_end(out: Path, epochs: int, optimized: bool, threads: int | None) -> 
     import torch
     from rich.console import Console
 
-    from reft_cli.base_models import load_tokenizer
-    from reft_cli.config import load_config
-    from reft_cli.model import ReftModel
-    from reft_cli.trainer import Trainer
+    from reft_cli.config.schema import load_config
+    from reft_cli.engine.base_models import load_tokenizer
+    from reft_cli.engine.reft_model import ReftModel
+    from reft_cli.training.trainer import Trainer
 
     if threads:
         torch.set_num_threads(threads)

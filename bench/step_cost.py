@@ -21,12 +21,12 @@ import time
 import torch
 
 from reft_cli import ReftConfig, get_reft_model
-from reft_cli.base_models import load_model
-from reft_cli.config import LoraSection
-from reft_cli.lora import get_lora_model
-from reft_cli.lora_config import LoraAdapterConfig
-from reft_cli.prefix_cache import PrefixCache
-from reft_cli.steps import forward, loss_sum
+from reft_cli.config.schema import LoraSection
+from reft_cli.engine.base_models import load_model
+from reft_cli.engine.lora import get_lora_model
+from reft_cli.engine.lora_config import LoraAdapterConfig
+from reft_cli.training.loss import forward, loss_sum
+from reft_cli.training.prefix_cache import PrefixCache
 
 SHAPES = {
     # name: (layers, rank, positions, share_weights, batch, tokens, response tokens)

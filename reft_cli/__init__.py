@@ -11,12 +11,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "InterventionConfig": "reft_cli.adapter_config",
-    "LoraModel": "reft_cli.lora",
-    "ReftConfig": "reft_cli.adapter_config",
+    "InterventionConfig": "reft_cli.engine.adapter_config",
+    "LoraModel": "reft_cli.engine.lora",
+    "ReftConfig": "reft_cli.engine.adapter_config",
     "ReftError": "reft_cli.errors",
-    "ReftModel": "reft_cli.model",
-    "get_reft_model": "reft_cli.model",
+    "ReftModel": "reft_cli.engine.reft_model",
+    "get_reft_model": "reft_cli.engine.reft_model",
 }
 __all__ = list(_API)
 

@@ -1,5 +1,5 @@
 """`python -m reft_cli` runs the `reft` command."""
 
-from reft_cli.cli import main
+from reft_cli.cli.app import main
 
 main()

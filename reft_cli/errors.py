@@ -1,5 +1,15 @@
 """The one exception type users see: its message is a single line saying what is wrong and what to do."""
 
+from __future__ import annotations
+
+import re
+
 
 class ReftError(Exception):
     """A problem with the user's input (config, files, adapter); the CLI prints it without a traceback."""
+
+
+def first_line(err: BaseException) -> str:
+    """A library error's first line, whitespace collapsed, to quote inside a one-line ReftError."""
+    text = str(err).strip()
+    return re.sub(r"\s+", " ", text.splitlines()[0]) if text else type(err).__name__

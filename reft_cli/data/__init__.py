@@ -1,0 +1,1 @@
+"""Training and evaluation rows: sources, prompt templates, tokenized examples and collation."""

@@ -1,0 +1,1 @@
+"""Scoring adapters: tasks, the paper's scorers, generation and log-likelihood predictions."""

@@ -1,0 +1,140 @@
+"""Multiple-choice scoring by log-likelihood, the way lm-evaluation-harness scores a base model.
+
+Each answer option is a continuation of a context; the model's score for it is the sum of the
+log-probabilities of the continuation's tokens given everything before them, and the likeliest
+option is the answer. `acc_norm` divides each sum by the continuation's length in characters, so
+long options are not penalized for having more tokens. An untrained model's honest baseline on a
+multiple-choice set is this, not the exact-match score of its free generations.
+
+One forward pass per (item, option), in length-sorted, right-padded batches. With an adapter the
+context is the prompt: its length is `prompt_lengths`, so interventions edit the context's
+positions and never the option's.
+
+    requests, cut = encode_requests(tokenizer, items, max_length=512)
+    logliks = continuation_logliks(subject, requests, batch_size=16)
+    predictions, metrics = choose(items, logliks)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from reft_cli.data.examples import Example, collate
+from reft_cli.errors import ReftError
+from reft_cli.evaluation.predict import Subject, length_sorted_batches
+
+__all__ = ["Request", "choose", "continuation_logliks", "encode_requests"]
+
+OPTION_KEYS = ("choices", "gold_index", "contexts", "continuations")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One option of one item, tokenized: the context's ids, then the continuation's."""
+
+    context: list[int]
+    continuation: list[int]
+
+
+def encode_requests(
+    tokenizer: PreTrainedTokenizerBase, items: Sequence[dict[str, Any]], max_length: int
+) -> tuple[list[Request], int]:
+    """Every option of every item in order, and how many were cut to `max_length` on the left.
+
+    Context and continuation are tokenized together and split where the context's own tokens end,
+    so a tokenizer that spells a word differently at the start of a text gets it as it is in the
+    sentence. Cutting drops the context's first tokens and keeps the whole continuation.
+    """
+    requests, cut = [], 0
+    for item in items:
+        for context, continuation in zip(item["contexts"], item["continuations"], strict=True):
+            split = len(tokenizer(context)["input_ids"])
+            ids = list(tokenizer(context + continuation)["input_ids"])
+            if len(ids) <= split:
+                raise ReftError(
+                    f"the answer option {continuation!r} tokenizes to no tokens after its context"
+                )
+            if len(ids) > max_length:
+                cut += 1
+                split -= len(ids) - max_length
+                ids = ids[-max_length:]
+                if split < 1:
+                    raise ReftError(
+                        f"the answer option {continuation[:40]!r} leaves no context within "
+                        f"data.max_length={max_length}; raise data.max_length"
+                    )
+            requests.append(Request(ids[:split], ids[split:]))
+    return requests, cut
+
+
+@torch.no_grad()
+def continuation_logliks(
+    subject: Subject,
+    requests: Sequence[Request],
+    batch_size: int,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[float]:
+    """The summed log-probability of each request's continuation given its context."""
+    if subject.tokenizer.pad_token_id is None:
+        raise ReftError("the tokenizer has no pad token; set one (for example its eos token)")
+    full = [r.context + r.continuation for r in requests]
+    out = [0.0] * len(requests)
+    for rows in length_sorted_batches([len(ids) for ids in full], batch_size):
+        examples = [Example(i, full[i], len(requests[i].context)) for i in rows]
+        batch = collate(examples, subject.tokenizer.pad_token_id)
+        batch = {k: v.to(subject.device) for k, v in batch.items()}
+        logits = subject.logits(batch)
+        for row, i in enumerate(rows):
+            start, targets = len(requests[i].context), requests[i].continuation
+            # The logits at position t predict token t + 1.
+            scores = logits[row, start - 1 : start - 1 + len(targets)].double().log_softmax(-1)
+            index = torch.tensor(targets, device=scores.device)[:, None]
+            out[i] = scores.gather(-1, index).sum().item()
+        advance(len(rows))
+    return out
+
+
+def choose(
+    items: Sequence[dict[str, Any]], logliks: Sequence[float]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Per-item records (option log-likelihoods, choices, gold, correct) and accuracy, acc_norm."""
+    predictions, position = [], 0
+    for index, item in enumerate(items):
+        count = len(item["continuations"])
+        scores = list(logliks[position : position + count])
+        position += count
+        normed = [s / len(c) for s, c in zip(scores, item["continuations"], strict=True)]
+        chosen, chosen_norm = _argmax(scores), _argmax(normed)
+        gold = item["gold_index"]
+        predictions.append(
+            {
+                "index": index,
+                "contexts": item["contexts"],
+                "continuations": item["continuations"],
+                "choices": item["choices"],
+                "logliks": scores,
+                "chosen": chosen,
+                "chosen_norm": chosen_norm,
+                "gold": gold,
+                "correct": chosen == gold,
+                "correct_norm": chosen_norm == gold,
+            }
+        )
+    if position != len(logliks):
+        raise ValueError(f"{len(logliks)} log-likelihoods for {position} options")
+    total = len(predictions)
+    metrics = {
+        "accuracy": sum(p["correct"] for p in predictions) / total,
+        "acc_norm": sum(p["correct_norm"] for p in predictions) / total,
+    }
+    return predictions, metrics
+
+
+def _argmax(values: Sequence[float]) -> int:
+    """The first index of the largest value."""
+    return max(range(len(values)), key=lambda i: (values[i], -i))

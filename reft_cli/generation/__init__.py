@@ -1,0 +1,1 @@
+"""Generation with one or many adapters: sessions over one base model, mixed-adapter batches."""

@@ -1,0 +1,1 @@
+"""Other formats: pyreft export and import, model-hub folders and cards."""

@@ -1,0 +1,1 @@
+"""Reproduction jobs: recipes, their runs and reports, and the install smoke check."""

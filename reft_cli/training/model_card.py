@@ -1,0 +1,107 @@
+"""The `README.md` model card written beside every adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reft_cli.config.schema import RunConfig
+from reft_cli.engine.adapter_config import ReftConfig
+from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.training.reporting import PLOT_NAME, RunSummary
+
+if TYPE_CHECKING:
+    from reft_cli.engine.lora import LoraModel
+
+
+def write_model_card(
+    directory: Path, run: RunConfig, reft: ReftConfig, summary: RunSummary
+) -> None:
+    sites = reft.interventions
+    layers = ", ".join(str(s.layer) for s in sites)
+    percent = 100 * summary.trainable_parameters / summary.model_parameters
+    if sites:
+        what = f"A {sites[0].type} adapter"
+        edits = [
+            f"| interventions | {sites[0].type}, rank {sites[0].rank}, {sites[0].component} of layers {layers} |",
+            f"| positions | `{reft.positions}` ({'tied' if reft.share_weights else 'untied'} weights) |",
+        ]
+    else:  # method: probe
+        what, edits = "A linear probe (the classification head alone)", []
+    head = f"; classification head {summary.head_parameters:,}" if summary.head_parameters else ""
+    lines = [
+        f"# ReFT adapter for {reft.base_model}",
+        "",
+        f"{what} trained with reft on `{run.data.dataset}`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{reft.base_model}` |",
+        f"| task | {reft.task_type} |",
+        *edits,
+        f"| trainable parameters | {summary.trainable_parameters:,} ({percent:.4f}% of {summary.model_parameters:,}){head} |",
+        f"| prompt template | `{reft.prompt_template!r}` |",
+        *_training_rows(run, summary),
+        *_use(
+            f'from reft_cli import ReftModel\n\nmodel = ReftModel.from_pretrained("{directory}")'
+        ),
+    ]
+    atomic_write_text(directory / "README.md", "\n".join(lines))
+
+
+def write_lora_card(directory: Path, run: RunConfig, model: LoraModel, summary: RunSummary) -> None:
+    """The card of a LoRA baseline run: the same table, with the LoRA settings."""
+    config = model.reft_config
+    percent = 100 * summary.trainable_parameters / summary.model_parameters
+    head = f"; classification head {summary.head_parameters:,}" if summary.head_parameters else ""
+    lines = [
+        f"# LoRA adapter for {config.base_model}",
+        "",
+        f"A LoRA baseline trained with reft (through PEFT) on `{run.data.dataset}`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{config.base_model}` |",
+        f"| task | {config.task_type} |",
+        f"| method | {model.describe()} |",
+        f"| trainable parameters | {summary.trainable_parameters:,} ({percent:.4f}% of {summary.model_parameters:,}){head} |",
+        f"| prompt template | `{config.prompt_template!r}` |",
+        *_training_rows(run, summary),
+        *_use(
+            "from reft_cli import LoraModel\n\n"
+            f'model = LoraModel.from_pretrained("{directory}")  # or peft.PeftModel.from_pretrained'
+        ),
+    ]
+    atomic_write_text(directory / "README.md", "\n".join(lines))
+
+
+def _training_rows(run: RunConfig, summary: RunSummary) -> list[str]:
+    train = run.train
+    rows = [
+        f"| training | {summary.steps} steps, {summary.epochs:g} epochs, lr {train.learning_rate:g}, "
+        f"batch {train.per_device_train_batch_size} × {train.gradient_accumulation_steps}, "
+        f"{train.lr_scheduler_type} schedule, seed {train.seed} |",
+    ]
+    if summary.final_loss is not None:
+        rows.append(f"| final training loss | {summary.final_loss:.4f} |")
+    if summary.best_metric is not None:
+        rows.append(
+            f"| best {train.metric_for_best_model or 'eval_loss'} | {summary.best_metric:.4f} |"
+        )
+    return rows
+
+
+def _use(code: str) -> list[str]:
+    return [
+        "",
+        f"![loss curve]({PLOT_NAME})",
+        "",
+        "## Use",
+        "",
+        "```python",
+        code,
+        "```",
+        "",
+        "The full training config is in `training_config.yaml`; per-step logs in `trainer_log.jsonl`.",
+        "",
+    ]

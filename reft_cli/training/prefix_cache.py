@@ -1,0 +1,388 @@
+"""Frozen-state caching: compute, per example, only what depends on the interventions.
+
+The base model is frozen and causal, so two parts of every training step are the same each epoch:
+- the prefix: positions before a row's first intervened position see no edit at any layer, so their
+  keys and values never change;
+- the lower layers: below the lowest intervened layer no position sees an edit, so the input to that
+  layer never changes.
+The first time an example is seen, the frozen model computes them once: the prefix's keys and values
+from that layer up, and that layer's input over the rest of the row. They are kept within budget
+(frozen_store.py). A step then runs only the blocks from the lowest intervened layer up, only over
+the rest of each row, attending to the cached prefix through the KV cache; the backward pass ends
+there too. The first batch is also run the plain way and compared; where a model's forward cannot
+be cut like this, caching steps back (first the layers, then the prefix) and says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from reft_cli.data.examples import IGNORE_INDEX
+from reft_cli.engine.architecture import find_block_stack
+from reft_cli.engine.reft_model import ReftModel
+from reft_cli.training.frozen_store import FrozenStore
+from reft_cli.training.loss import check_selected, forward, next_token_targets, takes_logits_to_keep
+
+# The largest relative difference between the cached and the plain path's logits that the first
+# batch's check accepts: rounding in fp32 (measured ~1e-6), in half precision a few 1e-3; a
+# structural mismatch (wrong layers, masks or positions) is of order 1.
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
+HALF_TOLERANCE = 2e-2
+
+
+class _Reached(Exception):
+    """Stops a frozen forward at the first block that needs recomputing, carrying its input."""
+
+    def __init__(self, hidden: Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+
+class PrefixCache:
+    """Per-example frozen states (prefix keys and values, lowest-layer input) and the forward pass
+    that uses them; the losses and gradients equal the plain path's."""
+
+    def __init__(
+        self,
+        model: ReftModel,
+        budget_bytes: int,
+        *,
+        prefix: bool = True,
+        layers: bool = True,
+        head_on_targets: bool = False,
+        disk_bytes: int = 0,
+        disk_dir: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.store = FrozenStore(budget_bytes, disk_bytes, disk_dir)
+        self.cache_prefix = prefix
+        path, self.blocks = find_block_stack(model.model)
+        parent, _, self._stack_name = path.rpartition(".")
+        self._stack_parent = model.model.get_submodule(parent)
+        lowest = min((site.layer for site in model.reft_config.interventions), default=0)
+        self.start = lowest if layers else 0  # the first block a step runs
+        self.head_on_targets = head_on_targets and takes_logits_to_keep(model.model)
+        self.hits = 0  # rows whose frozen states came from the cache
+        self.misses = 0  # rows whose frozen states were computed
+        self.note = ""  # why caching stepped back, if it did
+        self.active = True
+        self.checked = False
+        if prefix and any(getattr(block, "gradient_checkpointing", False) for block in self.blocks):
+            self.cache_prefix = False  # transformers drops a KV cache under checkpointing
+            self.note = "prefix caching off under gradient checkpointing"
+        dropout = _dropout(model.model)
+        if dropout:
+            self.active = False
+            self.note = f"frozen-state cache off: the base model has dropout ({dropout})"
+
+    @staticmethod
+    def applies(model: ReftModel, task_type: str) -> bool:
+        """Only causal decoders: there, earlier positions never attend to later ones."""
+        config = model.model.config
+        return task_type == "causal_lm" and not getattr(config, "is_encoder_decoder", False)
+
+    # ----------------------------------------------------------------------------- the step
+    def forward(self, wrapped: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(logits, targets) aligned as steps.forward gives them, computing only what can change."""
+        if self.active and not self.checked:
+            self._check(batch)
+        if not self.active:
+            return forward(wrapped, batch, "causal_lm", self.head_on_targets)
+        return self._forward(wrapped, batch)
+
+    def prefix_lengths(self, batch: dict[str, Tensor]) -> Tensor:
+        """Each row's frozen prefix length: up to its first intervened position, and never past the
+        second-last prompt token, because the last one predicts the first response token."""
+        if not self.cache_prefix:
+            return torch.zeros_like(batch["prompt_lengths"])
+        positions = self.model.positions_for(batch["prompt_lengths"], batch["attention_mask"])
+        big = batch["input_ids"].shape[1]
+        firsts = [torch.where(p.mask, p.index, big).min(dim=1).values for p in positions.values()]
+        last_prompt = (batch["prompt_lengths"] - 1).clamp(min=0)
+        return torch.minimum(torch.stack(firsts).min(dim=0).values, last_prompt)
+
+    def step_lengths(self, prompt_lengths: Tensor, lengths: Tensor) -> Tensor:
+        """How many positions a step runs for rows of these prompt and total lengths (unpadded)."""
+        mask = torch.arange(int(lengths.max()))[None] < lengths[:, None]
+        batch = {"prompt_lengths": prompt_lengths, "attention_mask": mask, "input_ids": mask}
+        return lengths - self.prefix_lengths(batch) if self.active else lengths
+
+    def _forward(self, wrapped: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        prefix = self.prefix_lengths(batch)
+        entries = self._entries(batch, prefix)
+        ids, mask, cols, valid = _suffix(batch, prefix)
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
+        targets = torch.where(valid, next_token_targets(batch["labels"])[rows, cols], IGNORE_INDEX)
+        positions = {
+            group: torch.where(p.mask, p.index - prefix[:, None], -1)
+            for group, p in self.model.positions_for(
+                batch["prompt_lengths"], batch["attention_mask"]
+            ).items()
+        }
+        kwargs = {}
+        if self.head_on_targets:
+            keep = targets != IGNORE_INDEX
+            kwargs["logits_to_keep"] = keep
+            targets = targets[keep]
+        past = self._past(entries, prefix, self.start)
+        feed = _stack_hidden(entries, ids.shape[1]) if self.start else None
+        with self._from_start(feed):
+            out = wrapped(
+                ids,
+                mask,
+                intervention_positions=positions,
+                position_ids=cols,
+                past_key_values=past,
+                use_cache=False,
+                **kwargs,
+            )
+        check_selected(out.logits, targets)
+        return out.logits, targets
+
+    @contextmanager
+    def _from_start(self, feed: Tensor | None) -> Iterator[None]:
+        """Inside: the base model runs blocks `start`.. only, and block `start` gets `feed`.
+
+        The hook sits outside the block's own forward, which is what gradient checkpointing
+        recomputes, so a recompute after this block has exited still sees `feed`.
+        """
+        if feed is None:
+            yield
+            return
+
+        def substitute(_module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            if args:
+                return (feed, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": feed}
+
+        stack = getattr(self._stack_parent, self._stack_name)
+        handle = stack[self.start].register_forward_pre_hook(
+            substitute, with_kwargs=True, prepend=True
+        )
+        setattr(self._stack_parent, self._stack_name, stack[self.start :])
+        try:
+            yield
+        finally:
+            setattr(self._stack_parent, self._stack_name, stack)
+            handle.remove()
+
+    # ----------------------------------------------------------------------------- the states
+    def _entries(self, batch: dict[str, Tensor], prefix: Tensor) -> list[dict[str, Tensor]]:
+        """Each row's frozen states, from the cache or computed now (and kept within budget)."""
+        ids = batch["example_ids"].tolist()
+        entries = [self.store.get(i) for i in ids]
+        missing = [r for r, e in enumerate(entries) if e is None]
+        stateful = [bool(self.start) or int(prefix[r]) > 0 for r in range(len(ids))]
+        computed = sum(stateful[r] for r in missing)
+        self.misses += computed
+        self.hits += sum(stateful) - computed
+        if missing:
+            fresh = self._compute(batch, prefix, missing)
+            for r, entry in zip(missing, fresh, strict=True):
+                entries[r] = entry
+                if entry:
+                    self.store.put(ids[r], entry)
+        return entries
+
+    @torch.no_grad()
+    def _compute(
+        self, batch: dict[str, Tensor], prefix: Tensor, rows: list[int]
+    ) -> list[dict[str, Tensor]]:
+        """The frozen states of `rows`: the prefix through every layer, then the rest of each row
+        through the blocks below `start`; what a step reads is copied out, the rest dropped."""
+        base = self.model.model
+        sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask")}
+        pre = prefix[rows]
+        entries: list[dict[str, Tensor]] = [{} for _ in rows]
+        with self.model.disable_adapter():
+            with_prefix = [j for j in range(len(rows)) if int(pre[j]) > 0]
+            if with_prefix:
+                width = int(pre.max())
+                ids = sub["input_ids"][with_prefix, :width]
+                mask = torch.arange(width, device=ids.device)[None] < pre[with_prefix, None]
+                extra = {"logits_to_keep": 1} if takes_logits_to_keep(base) else {}
+                kv = base(input_ids=ids, attention_mask=mask.long(), use_cache=True, **extra)
+                for k, j in enumerate(with_prefix):
+                    for i, layer in enumerate(kv.past_key_values.layers):
+                        entries[j][f"key.{i}"] = layer.keys[k, :, : int(pre[j])]
+                        entries[j][f"value.{i}"] = layer.values[k, :, : int(pre[j])]
+            if self.start:
+                ids, mask, cols, valid = _suffix(sub, pre)
+                past = self._past(entries, pre, 0)
+                handle = self.blocks[self.start].register_forward_pre_hook(
+                    _stop, with_kwargs=True, prepend=True
+                )
+                try:
+                    base(
+                        input_ids=ids, attention_mask=mask, position_ids=cols, past_key_values=past
+                    )
+                    raise RuntimeError(f"block {self.start} never ran")
+                except _Reached as reached:
+                    hidden = reached.hidden
+                finally:
+                    handle.remove()
+                for j, n in enumerate(valid.sum(dim=1).tolist()):
+                    entries[j]["hidden"] = hidden[j, :n].clone()
+        # Keep the layers a step reads; clone so the batch-wide tensors are not held alive.
+        return [
+            {
+                name: t if name == "hidden" else t.clone()
+                for name, t in e.items()
+                if name == "hidden" or int(name.split(".")[1]) >= self.start
+            }
+            for e in entries
+        ]
+
+    def _past(
+        self, entries: list[dict[str, Tensor]], prefix: Tensor, first: int
+    ) -> DynamicCache | None:
+        """The rows' prefix keys and values, left-padded to the widest prefix (pads are masked).
+
+        Layers below `first` never run, so they hold zeros; they are filled anyway because the
+        attention mask is sized from the cache's first layer.
+        """
+        width = int(prefix.max())
+        if width == 0:
+            return None
+        template = next(e for e in entries if f"key.{first}" in e)
+        layers = []
+        for i in range(len(self.blocks)):
+            if i < first:
+                heads, _, dim = template[f"key.{first}"].shape
+                zeros = (
+                    template[f"key.{first}"].new_zeros(()).expand(len(entries), heads, width, dim)
+                )
+                layers.append((zeros, zeros))
+                continue
+            layers.append(
+                tuple(
+                    torch.stack(
+                        [
+                            _left_pad(e.get(f"{kind}.{i}"), template[f"{kind}.{i}"], width)
+                            for e in entries
+                        ]
+                    )
+                    for kind in ("key", "value")
+                )
+            )
+        return DynamicCache(layers, config=self.model.model.config)
+
+    # ----------------------------------------------------------------------------- the check
+    def _check(self, batch: dict[str, Tensor]) -> None:
+        """Run the first batch both ways in eval mode; step back until they agree."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                want = _flat(*forward(self.model, batch, "causal_lm", self.head_on_targets))
+                while self.active:
+                    error = self._error(batch, want[0])
+                    if error is None:
+                        break
+                    self._step_back(f"the cached path differs from the plain one ({error})")
+        finally:
+            self.model.train(training)
+        self.checked = True
+
+    def _error(self, batch: dict[str, Tensor], want: Tensor) -> str | None:
+        try:
+            got, _ = _flat(*self._forward(self.model, batch))
+        except Exception as exc:  # any model whose forward cannot be cut this way
+            return f"{type(exc).__name__}: {exc}"
+        if got.shape != want.shape:
+            return f"shape {tuple(got.shape)} against {tuple(want.shape)}"
+        relative = (
+            (got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-12)
+        ).item()
+        if relative > TOLERANCE.get(want.dtype, HALF_TOLERANCE):
+            return f"relative error {relative:.2g}"
+        return None
+
+    def _step_back(self, reason: str) -> None:
+        """Stop caching the layers, or, if that is already off, stop caching at all."""
+        self.store.clear()
+        self.hits = self.misses = 0
+        if self.start:
+            self.start = 0
+            self.note = f"layer caching off: {reason}"
+        else:
+            self.active = False
+            self.note = f"frozen-state cache off: {reason}"
+
+    def describe(self) -> str:
+        """One line for the log: what is cached, where, and what it saved."""
+        if not self.active:
+            return self.note
+        kept = []
+        if self.start:
+            kept.append(f"the input to layer {self.start}")
+        if self.cache_prefix:
+            kept.append("the frozen prefix's keys and values")
+        line = (
+            f"frozen-state cache ({' and '.join(kept) or 'nothing to keep'}): "
+            f"{len(self.store)} examples, "
+            f"{self.store.describe()}; {self.hits} rows read it, {self.misses} computed it"
+        )
+        return f"{line}; {self.note}" if self.note else line
+
+
+def _suffix(batch: dict[str, Tensor], prefix: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(input ids, attention mask over prefix + suffix, positions, valid) of each row's suffix."""
+    lengths = batch["attention_mask"].sum(dim=1)
+    width = int(prefix.max())
+    span = int((lengths - prefix).max())
+    rows = torch.arange(lengths.shape[0], device=prefix.device)[:, None]
+    cols = prefix[:, None] + torch.arange(span, device=prefix.device)
+    valid = cols < lengths[:, None]
+    cols = torch.where(valid, cols, 0)
+    ids = torch.where(valid, batch["input_ids"][rows, cols], 0)
+    prefix_mask = torch.arange(width, device=prefix.device)[None] >= (width - prefix)[:, None]
+    return ids, torch.cat([prefix_mask, valid], dim=1).long(), cols, valid
+
+
+def _left_pad(tensor: Tensor | None, template: Tensor, width: int) -> Tensor:
+    """(heads, width, head_dim): the row's prefix after zero slots (masked); all zeros if none."""
+    if tensor is None:
+        return template.new_zeros(template.shape[0], width, template.shape[2])
+    pad = width - tensor.shape[1]
+    return torch.nn.functional.pad(tensor, (0, 0, pad, 0)) if pad else tensor
+
+
+def _stack_hidden(entries: list[dict[str, Tensor]], span: int) -> Tensor:
+    """(B, span, hidden): each row's cached input to block `start`, zero-padded on the right."""
+    return torch.stack(
+        [
+            torch.nn.functional.pad(e["hidden"], (0, 0, 0, span - e["hidden"].shape[0]))
+            for e in entries
+        ]
+    )
+
+
+def _stop(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+    raise _Reached(args[0] if args else kwargs["hidden_states"])
+
+
+def _flat(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits and targets at the target positions only, one row per target."""
+    if logits.dim() == 2:
+        return logits, targets
+    keep = targets != IGNORE_INDEX
+    return logits[keep], targets[keep]
+
+
+def _dropout(base: nn.Module) -> str:
+    """The base model's dropout rates, if any: under dropout its states differ every step."""
+    rates = {m.p for m in base.modules() if isinstance(m, nn.Dropout) and m.p > 0}
+    settings = vars(base.config.get_text_config()).items()
+    rates |= {  # functional dropout inside attention or blocks (a classifier's is not run here)
+        v
+        for k, v in settings
+        if "dropout" in k and "classifier" not in k and isinstance(v, float) and v > 0
+    }
+    return ", ".join(f"p={p:g}" for p in sorted(rates))

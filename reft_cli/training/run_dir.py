@@ -1,0 +1,112 @@
+"""The run's output folder: refusing to clobber another run, and the checkpoints inside it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from reft_cli.engine.adapter_config import CONFIG_NAME
+from reft_cli.engine.adapter_io import WEIGHTS_NAME
+from reft_cli.engine.lora_config import (
+    ADAPTER_MARKERS,
+    LORA_CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+)
+from reft_cli.engine.staged_dir import staged_dir
+from reft_cli.errors import ReftError
+
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+RUN_FILES = (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    LORA_CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    "trainer_log.jsonl",
+    "training_config.yaml",
+)
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest step first."""
+    if not output_dir.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in output_dir.iterdir()
+        if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name)) and _is_adapter(p)
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def _is_adapter(folder: Path) -> bool:
+    """A ReFT or LoRA adapter folder (its record file is written last)."""
+    return any((folder / name).is_file() for name in ADAPTER_MARKERS)
+
+
+def holds_a_run(output_dir: Path) -> bool:
+    return output_dir.is_dir() and (
+        any((output_dir / name).exists() for name in RUN_FILES) or bool(checkpoints(output_dir))
+    )
+
+
+def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
+    """Refuse to write over another run's output unless the user said so (or is resuming it)."""
+    if holds_a_run(output_dir) and not resuming and not overwrite:
+        raise ReftError(
+            f"{output_dir} already holds a run; choose another train.output_dir, resume it with "
+            "train.resume_from_checkpoint=latest, or set train.overwrite_output_dir=true"
+        )
+
+
+def start_output_dir(output_dir: Path, resuming: bool) -> None:
+    """Create the folder; a new run (allowed to overwrite) first removes the previous run's files.
+
+    Called once the model and data are built, so a config error never costs the old run.
+    """
+    if not resuming:
+        for name in RUN_FILES:
+            (output_dir / name).unlink(missing_ok=True)
+        for checkpoint in checkpoints(output_dir):
+            shutil.rmtree(checkpoint)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def resolve_checkpoint(output_dir: Path, resume: str) -> Path:
+    """`latest` → the newest checkpoint in the output folder; otherwise the path given."""
+    if resume == "latest":
+        found = checkpoints(output_dir)
+        if not found:
+            raise ReftError(
+                f"train.resume_from_checkpoint=latest but {output_dir} has no checkpoint; "
+                "start without resuming"
+            )
+        return found[-1]
+    path = Path(resume)
+    if not _is_adapter(path):
+        raise ReftError(
+            f"checkpoint {path} not found or incomplete; pass a checkpoint-<step> folder or latest"
+        )
+    return path
+
+
+def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary folder with `write`, then rename it to checkpoint-<step> in one move."""
+    target = output_dir / f"checkpoint-{step}"
+    with staged_dir(target, replace=True) as tmp:
+        write(tmp)
+    return target
+
+
+def prune_checkpoints(output_dir: Path, limit: int | None, keep: Path | None) -> None:
+    """Delete the oldest checkpoints beyond `limit`, never the one in `keep` (the best so far)."""
+    if limit is None:
+        return
+    found = checkpoints(output_dir)
+    removable = [p for p in found if keep is None or p.resolve() != keep.resolve()]
+    excess = len(found) - limit
+    for path in removable[: max(excess, 0)]:
+        shutil.rmtree(path)

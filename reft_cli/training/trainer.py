@@ -1,0 +1,538 @@
+"""`reft train`: build the model and data from a RunConfig, then run the optimisation loop.
+
+A step reads top to bottom: take this process's rows of the step's micro-batches, count the step's
+targets across processes, forward and backward each micro-batch with its loss divided by that count,
+clip, step, log, evaluate, checkpoint. Gradients therefore equal those of one padded batch over the
+whole global step, on any number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import gather_object, is_tensorboard_available, is_wandb_available, set_seed
+from rich.console import Console
+from transformers import PreTrainedTokenizerBase, get_scheduler
+
+from reft_cli.config.schema import RunConfig
+from reft_cli.data.examples import IGNORE_INDEX, Example, LoadedData, collate, load_data
+from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.engine.base_models import load_model, load_tokenizer
+from reft_cli.engine.lora_config import LoraAdapterConfig
+from reft_cli.engine.reft_model import ReftModel, get_reft_model
+from reft_cli.errors import ReftError
+from reft_cli.metrics import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
+from reft_cli.training.loss import forward, loss_sum, takes_logits_to_keep
+from reft_cli.training.model_card import write_lora_card, write_model_card
+from reft_cli.training.prefix_cache import PrefixCache
+from reft_cli.training.reporting import (
+    LOG_NAME,
+    PLOT_NAME,
+    RunSummary,
+    TrainerLog,
+    plot_losses,
+    progress_bar,
+)
+from reft_cli.training.run_dir import (
+    check_output_dir,
+    checkpoints,
+    prune_checkpoints,
+    resolve_checkpoint,
+    start_output_dir,
+    write_checkpoint,
+)
+from reft_cli.training.step_plan import group_by_length, plan_epoch, steps_per_epoch
+from reft_cli.training.train_state import (
+    Progress,
+    capture_rng,
+    load_training_state,
+    save_training_state,
+)
+
+if TYPE_CHECKING:
+    from reft_cli.engine.lora import LoraModel
+
+CONFIG_COPY = "training_config.yaml"
+
+
+@dataclass
+class Setup:
+    """Everything built from a config before the first step."""
+
+    run: RunConfig
+    tokenizer: PreTrainedTokenizerBase
+    model: ReftModel | LoraModel
+    data: LoadedData
+
+
+def build(run: RunConfig) -> Setup:
+    """Load tokenizer, data and base model, and wrap the model with the configured interventions
+    (or, with `method: lora`, with LoRA)."""
+    set_seed(run.train.seed)
+    tokenizer = load_tokenizer(run.model.name_or_path, run.model.revision)
+    data = load_data(
+        run.data,
+        run.model.task_type,
+        tokenizer,
+        num_labels=run.model.num_labels,
+        seed=run.train.seed,
+    )
+    extra = {"num_labels": data.num_labels} if run.model.task_type == "seq_cls" else {}
+    base = load_model(
+        run.model.name_or_path,
+        task_type=run.model.task_type,
+        dtype=run.model.dtype,
+        revision=run.model.revision,
+        trust_remote_code=run.model.trust_remote_code,
+        **extra,
+    )
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = tokenizer.pad_token_id
+    settings: dict[str, Any] = {
+        "padding_side": tokenizer.padding_side,
+        "pad_token": tokenizer.pad_token,
+    }
+    if data.label_names:
+        settings["label_names"] = data.label_names
+    if run.method == "lora":
+        return Setup(run, tokenizer, _lora_model(run, base, data, settings), data)
+    reft_config = run.reft_config(base.config.get_text_config().num_hidden_layers)
+    if run.method == "probe":  # the head alone: an adapter with no interventions
+        reft_config.interventions = []
+    reft_config.prompt_template = data.template
+    reft_config.system_prompt = run.data.system_prompt
+    reft_config.tokenizer = settings
+    return Setup(run, tokenizer, get_reft_model(base, reft_config), data)
+
+
+def _lora_model(
+    run: RunConfig, base: torch.nn.Module, data: LoadedData, tokenizer: dict[str, Any]
+) -> LoraModel:
+    """The LoRA baseline on `base`; PEFT is imported only when a run asks for it."""
+    from reft_cli.engine.lora import get_lora_model
+
+    config = LoraAdapterConfig(
+        base_model=run.model.name_or_path,
+        base_model_revision=run.model.revision,
+        task_type=run.model.task_type,
+        dtype=run.model.dtype,
+        num_labels=data.num_labels if run.model.task_type == "seq_cls" else None,
+        prompt_template=data.template,
+        system_prompt=run.data.system_prompt,
+        tokenizer=tokenizer,
+    )
+    return get_lora_model(base, run.lora, config)
+
+
+class Trainer:
+    """One training run: owns the accelerator, optimizer, schedule, progress and output folder."""
+
+    def __init__(self, run: RunConfig, console: Console) -> None:
+        self.run, self.cfg, self.console = run, run.train, console
+        self.start = time.perf_counter()
+        self.output_dir = Path(self.cfg.output_dir)
+        # accelerate keeps mixed precision in a process-wide singleton; a second run in the same
+        # process (the Python API, tests) may ask for another, so start from a clean state. The
+        # distributed setup (PartialState) is kept.
+        AcceleratorState._reset_state()
+        _check_tracker(self.cfg.report_to)
+        self.accelerator = Accelerator(
+            # cpu=True is what makes accelerate set up gloo for a CPU-only torchrun launch.
+            cpu=not torch.cuda.is_available(),
+            mixed_precision="bf16" if self.cfg.bf16 else "fp16" if self.cfg.fp16 else "no",
+            log_with=None if self.cfg.report_to == "none" else self.cfg.report_to,
+            project_dir=self.output_dir,
+        )
+        self.main = self.accelerator.is_main_process
+        resume = self.cfg.resume_from_checkpoint
+        self.resume = resolve_checkpoint(self.output_dir, resume) if resume else None
+        check_output_dir(self.output_dir, self.cfg.overwrite_output_dir, self.resume is not None)
+        self.setup = build(run)
+        self.model, self.data = self.setup.model, self.setup.data
+        if self.cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            self.params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
+        )
+        self.world = self.accelerator.num_processes
+        self.global_batch = self.cfg.per_device_train_batch_size * self.world
+        self.per_epoch = steps_per_epoch(
+            len(self.data.train), self.global_batch, self.cfg.gradient_accumulation_steps
+        )
+        self.total_steps = (
+            self.cfg.max_steps
+            if self.cfg.max_steps > 0
+            else math.ceil(self.cfg.num_train_epochs * self.per_epoch)
+        )
+        self.scheduler = get_scheduler(
+            "constant_with_warmup"
+            if self.cfg.lr_scheduler_type == "constant"
+            else self.cfg.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=math.ceil(self.cfg.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        cfg = self.cfg
+        self.head_on_targets = cfg.lm_head_on_targets and takes_logits_to_keep(self.model.model)
+        # LoRA changes the computation at every position, so it leaves no prefix frozen.
+        cache = run.method == "reft" and (cfg.cache_frozen_prefix or cfg.cache_frozen_layers)
+        self.prefix_cache = (
+            PrefixCache(
+                self.model,
+                cfg.frozen_cache_budget_mb * 2**20,
+                prefix=cfg.cache_frozen_prefix,
+                layers=cfg.cache_frozen_layers,
+                head_on_targets=self.head_on_targets,
+                disk_bytes=cfg.frozen_cache_disk_mb * 2**20,
+                disk_dir=self.output_dir,
+            )
+            if cache and PrefixCache.applies(self.model, run.model.task_type)
+            else None
+        )
+        if self.main:
+            start_output_dir(self.output_dir, resuming=self.resume is not None)
+        self.accelerator.wait_for_everyone()
+        self.progress = Progress()
+        if self.resume is not None:
+            self.model.load_adapter_weights(self.resume / self.model.weights_name)
+            self.progress = load_training_state(
+                self.resume,
+                self.optimizer,
+                self.scheduler,
+                self.accelerator.process_index,
+                self.accelerator.num_processes,
+            )
+        self.log = TrainerLog(
+            self.output_dir / LOG_NAME,
+            keep_until_step=self.progress.global_step if self.resume else None,
+        )
+        self.metric = self.cfg.metric_for_best_model or "eval_loss"
+        if not self.metric.startswith("eval_"):
+            self.metric = f"eval_{self.metric}"
+        self.greater = (
+            self.cfg.greater_is_better
+            if self.cfg.greater_is_better is not None
+            else not self.metric.endswith("loss")
+        )
+        self.last_loss: float | None = None
+
+    # ----------------------------------------------------------------------------- the loop
+    def train(self) -> RunSummary:
+        if self.main:
+            atomic_write_text(self.output_dir / CONFIG_COPY, self.run.dump_yaml())
+            self._warn_dropped()
+        if self.cfg.report_to != "none":
+            self.accelerator.init_trackers("reft", config=_flat(self.run.to_dict()))
+        self.model.train()
+        bar = progress_bar(self.console, disable=not self.main)
+        try:
+            with bar:
+                task = bar.add_task(
+                    "train",
+                    total=self.total_steps,
+                    completed=self.progress.global_step,
+                    epoch="0",
+                    loss="—",
+                    lr="—",
+                    speed="—",
+                )
+                while self.progress.global_step < self.total_steps:
+                    self._epoch(lambda fields: bar.update(task, advance=1, **fields))
+        except KeyboardInterrupt:
+            self._save_checkpoint()
+            self.console.print(
+                f"[yellow]interrupted[/]: saved checkpoint-{self.progress.global_step} in "
+                f"{self.output_dir}; continue with train.resume_from_checkpoint=latest"
+            )
+            raise
+        return self._finish()
+
+    def _epoch(self, update) -> None:
+        progress, cfg = self.progress, self.cfg
+        plan = plan_epoch(
+            len(self.data.train),
+            self.global_batch,
+            cfg.gradient_accumulation_steps,
+            cfg.seed,
+            progress.epoch,
+        )
+        while progress.step_in_epoch < len(plan.steps) and progress.global_step < self.total_steps:
+            step_start = time.perf_counter()
+            shards = plan.shard(progress.step_in_epoch, self.accelerator.process_index, self.world)
+            if cfg.group_by_length:
+                shards = group_by_length(shards, self._step_lengths(shards))
+            loss = self._step([self._batch(rows) for rows in shards if rows])
+            progress.global_step += 1
+            progress.step_in_epoch += 1
+            self.last_loss = loss
+            epoch = progress.epoch + progress.step_in_epoch / len(plan.steps)
+            lr = self.scheduler.get_last_lr()[0]
+            now = time.perf_counter()
+            update(
+                {
+                    "epoch": f"{epoch:.2f}",
+                    "loss": f"{loss:.4f}",
+                    "lr": f"{lr:.2e}",
+                    "speed": f"{1 / max(now - step_start, 1e-9):.2f}",
+                }
+            )
+            last = progress.global_step == self.total_steps
+            if progress.global_step % cfg.logging_steps == 0 or last:
+                self._log(
+                    {"step": progress.global_step, "epoch": round(epoch, 4), "loss": loss, "lr": lr}
+                )
+            end_of_epoch = progress.step_in_epoch == len(plan.steps)
+            saved = False
+            if self.data.eval and (
+                (cfg.eval_steps and progress.global_step % cfg.eval_steps == 0)
+                or (not cfg.eval_steps and end_of_epoch)
+                or last
+            ):
+                saved = self._evaluate_and_select()
+            if not saved and progress.global_step % cfg.save_steps == 0:
+                self._save_checkpoint()
+        if progress.step_in_epoch >= len(plan.steps):
+            progress.epoch += 1
+            progress.step_in_epoch = 0
+
+    def _step_lengths(self, shards: list[list[int]]) -> dict[int, int]:
+        """How many positions a step runs for each of these rows (the cache skips a prefix)."""
+        rows = [r for micro in shards for r in micro]
+        examples = [self.data.train[r] for r in rows]
+        lengths = torch.tensor([len(ex.input_ids) for ex in examples])
+        if self.prefix_cache is not None and rows:
+            prompts = torch.tensor([ex.prompt_length for ex in examples])
+            lengths = self.prefix_cache.step_lengths(prompts, lengths)
+        return dict(zip(rows, lengths.tolist(), strict=True))
+
+    def _batch(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate([self.data.train[i] for i in rows], self.setup.tokenizer.pad_token_id)
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _step(self, micro: list[dict[str, torch.Tensor]]) -> float:
+        """Forward and backward the step's micro-batches, then update; returns the step's mean loss.
+
+        Each loss sum is divided by the number of targets in the whole global step, times the
+        process count because data parallelism averages gradients across processes.
+        """
+        acc, task_type = self.accelerator, self.run.model.task_type
+        local = sum(
+            (_targets(b["labels"], task_type) for b in micro), torch.zeros((), device=acc.device)
+        )
+        count = acc.reduce(local.float(), "sum").clamp(min=1)
+        total = torch.zeros((), device=acc.device)
+        for i, batch in enumerate(micro):
+            sync = acc.no_sync(self.wrapped) if i < len(micro) - 1 else contextlib.nullcontext()
+            with sync, acc.autocast():
+                if self.prefix_cache is not None:
+                    outputs, targets = self.prefix_cache.forward(self.wrapped, batch)
+                else:
+                    outputs, targets = forward(self.wrapped, batch, task_type, self.head_on_targets)
+                summed, _ = loss_sum(outputs, targets, task_type)
+            acc.backward(summed * self.world / count)
+            total += summed.detach().float()
+        loss = (acc.reduce(total, "sum") / count).item()
+        if not math.isfinite(loss):
+            saved = checkpoints(self.output_dir)
+            where = (
+                f"the last good checkpoint is {saved[-1]}"
+                if saved
+                else "no checkpoint was saved yet"
+            )
+            raise ReftError(
+                f"the loss became {loss} at step {self.progress.global_step + 1}; {where}; "
+                "lower train.learning_rate or check the data"
+            )
+        if self.cfg.max_grad_norm:
+            acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    # ----------------------------------------------------------------------------- side jobs
+    def _log(self, entry: dict[str, Any]) -> None:
+        if self.main:
+            self.log.write(entry)
+        if self.cfg.report_to != "none":
+            self.accelerator.log(entry, step=entry["step"])
+
+    def _evaluate_and_select(self) -> bool:
+        """Evaluate; save a checkpoint when the metric improves. True when one was saved."""
+        metrics = evaluate(
+            self.accelerator,
+            self.wrapped,
+            self.data.eval,
+            self.setup.tokenizer,
+            self.run,
+            self.head_on_targets,
+        )
+        self.model.train()
+        self._log({"step": self.progress.global_step, **metrics})
+        value = metrics.get(self.metric)
+        if value is None:
+            raise ReftError(
+                f"train.metric_for_best_model={self.cfg.metric_for_best_model!r} is not computed; "
+                f"choose one of {', '.join(sorted(metrics))}"
+            )
+        best = self.progress.best_metric
+        if best is not None and not (value > best if self.greater else value < best):
+            return False
+        self.progress.best_metric = value
+        self.progress.best_checkpoint = f"checkpoint-{self.progress.global_step}"
+        self._save_checkpoint()
+        return True
+
+    def _save_checkpoint(self) -> None:
+        rng_states = gather_object([capture_rng()])  # every process's streams, to resume each
+        if self.main:
+
+            def fill(folder: Path) -> None:
+                self.model.save_pretrained(folder)
+                save_training_state(
+                    folder, self.optimizer, self.scheduler, self.progress, rng_states
+                )
+
+            write_checkpoint(self.output_dir, self.progress.global_step, fill)
+            best = self.progress.best_checkpoint
+            prune_checkpoints(
+                self.output_dir, self.cfg.save_total_limit, self.output_dir / best if best else None
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _warn_dropped(self) -> None:
+        dropped = self.data.dropped_train + self.data.dropped_eval
+        if dropped:
+            self.console.print(
+                f"[yellow]warning[/]: dropped {dropped} examples longer than "
+                f"data.max_length={self.run.data.max_length} (never truncated); raise it to keep them"
+            )
+
+    def _finish(self) -> RunSummary:
+        progress = self.progress
+        if progress.best_checkpoint and self.cfg.metric_for_best_model:
+            self.model.load_adapter_weights(
+                self.output_dir / progress.best_checkpoint / self.model.weights_name
+            )
+        interventions, head, base = self.model.count_parameters()
+        summary = RunSummary(
+            seconds=time.perf_counter() - self.start,
+            steps=progress.global_step,
+            epochs=round(progress.epoch + progress.step_in_epoch / max(self.per_epoch, 1), 4),
+            final_loss=self.last_loss,
+            trainable_parameters=interventions,
+            head_parameters=head,
+            model_parameters=base,
+            adapter_dir=self.output_dir,
+            best_checkpoint=self.output_dir / progress.best_checkpoint
+            if progress.best_checkpoint
+            else None,
+            best_metric=progress.best_metric,
+        )
+        if self.prefix_cache is not None:
+            if self.main:
+                self.console.print(self.prefix_cache.describe())
+            self.prefix_cache.store.clear()  # and its files, if it spilled to disk
+        if self.main:
+            self.model.save_pretrained(self.output_dir)
+            plot_losses(self.log.entries(), self.output_dir / PLOT_NAME)
+            if isinstance(self.model, ReftModel):
+                write_model_card(self.output_dir, self.run, self.model.reft_config, summary)
+            else:
+                write_lora_card(self.output_dir, self.run, self.model, summary)
+        if self.cfg.report_to != "none":
+            self.accelerator.end_training()
+        self.accelerator.wait_for_everyone()
+        return summary
+
+
+def _check_tracker(report_to: str) -> None:
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    if report_to in available and not available[report_to]():
+        raise ReftError(f"train.report_to={report_to} needs its package: pip install {report_to}")
+
+
+def _targets(labels: torch.Tensor, task_type: str) -> torch.Tensor:
+    """How many loss terms a micro-batch contributes: response tokens, or rows."""
+    if task_type == "causal_lm":
+        return labels[:, 1:].ne(IGNORE_INDEX).sum()
+    return torch.tensor(labels.shape[0], device=labels.device)
+
+
+@torch.no_grad()
+def evaluate(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    examples: list[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    run: RunConfig,
+    head_on_targets: bool = False,
+) -> dict[str, float]:
+    """Mean eval loss over all processes' shares; for classification also the GLUE metrics
+    (accuracy, F1 for two classes, Matthews correlation; Pearson/Spearman for regression).
+    `head_on_targets` runs a causal LM's head on the response-predicting positions only."""
+    model.eval()
+    task_type = run.model.task_type
+    size = run.train.per_device_eval_batch_size
+    mine = examples[accelerator.process_index :: accelerator.num_processes]
+    totals = torch.zeros(2, device=accelerator.device)  # loss sum, count
+    predictions: list[float] = []
+    labels: list[float] = []
+    regression = False
+    for i in range(0, len(mine), size):
+        batch = collate(mine[i : i + size], tokenizer.pad_token_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            logits, targets = forward(model, batch, task_type, head_on_targets)
+        summed, count = loss_sum(logits, targets, task_type)
+        totals += torch.stack([summed.float(), count.float()])
+        if task_type == "seq_cls":
+            regression = logits.shape[-1] == 1
+            predicted = logits.squeeze(-1) if regression else logits.argmax(-1)
+            predictions += predicted.float().tolist()
+            labels += batch["labels"].float().tolist()
+    totals = accelerator.reduce(totals, "sum")
+    metrics = {"eval_loss": (totals[0] / totals[1].clamp(min=1)).item()}
+    if task_type == "seq_cls":
+        predictions = [p for part in gather_object([predictions]) for p in part]
+        labels = [g for part in gather_object([labels]) for g in part]
+        scores = _classification_metrics(predictions, labels, regression)
+        metrics.update({f"eval_{k}": v for k, v in scores.items()})
+    return metrics
+
+
+def _classification_metrics(
+    predictions: list[float], labels: list[float], regression: bool
+) -> dict[str, float]:
+    if regression:
+        return {"pearson": pearson(predictions, labels), "spearmanr": spearman(predictions, labels)}
+    preds, gold = [int(p) for p in predictions], [int(g) for g in labels]
+    out = {
+        "accuracy": accuracy(preds, gold),
+        "matthews_correlation": matthews_corrcoef(preds, gold),
+    }
+    if set(gold) | set(preds) <= {0, 1}:
+        out["f1"] = f1_binary(preds, gold)
+    return out
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config as flat `section.key` scalars, the shape experiment trackers accept."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat

@@ -1,0 +1,65 @@
+"""The `reft` command: help, the engine smoke run, and one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reft_cli.engine.adapter_config import CONFIG_NAME
+from reft_cli.engine.adapter_io import WEIGHTS_NAME
+from tests.conftest import needs_smollm2
+
+
+def reft(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess with a wide terminal, so rich does not wrap what tests read."""
+    return subprocess.run(
+        [sys.executable, "-m", "reft_cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+
+
+def test_help_lists_the_commands():
+    result = reft("--help")
+    assert result.returncode == 0
+    assert "smoke" in result.stdout
+
+
+@needs_smollm2
+def test_smoke_trains_saves_and_reloads(tmp_path):
+    out = tmp_path / "run"
+    result = reft("smoke", "--steps", "3", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / CONFIG_NAME).is_file() and (out / WEIGHTS_NAME).is_file()
+    assert "reproduces outputs" in result.stdout and "yes" in result.stdout
+
+
+@needs_smollm2
+def test_smoke_refuses_to_overwrite_an_adapter(tmp_path):
+    (tmp_path / CONFIG_NAME).write_text("{}")
+    result = reft("smoke", "--out", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stdout.strip().splitlines()
+    assert lines == [
+        f"error: {tmp_path} already holds an adapter; choose another --out or pass --overwrite"
+    ]
+    assert (tmp_path / CONFIG_NAME).read_text() == "{}"
+
+
+@pytest.mark.parametrize("positions", ["f-1", "x3"])
+def test_bad_positions_is_a_one_line_error(tmp_path, positions):
+    result = reft(
+        "smoke",
+        "--positions",
+        positions,
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        "nonexistent/model-xyz",
+    )
+    assert result.returncode == 2
+    assert len(result.stdout.strip().splitlines()) == 1 and "error:" in result.stdout

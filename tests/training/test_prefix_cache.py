@@ -1,0 +1,219 @@
+"""Frozen-state caching and the lm head on targets give the plain path's losses and gradients,
+skip what they claim to skip, stay within budget, and step back where a model cannot be cut."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from reft_cli import ReftConfig, get_reft_model
+from reft_cli.errors import ReftError
+from reft_cli.training.loss import check_selected, forward, loss_sum
+from reft_cli.training.prefix_cache import PrefixCache
+from tests.conftest import TINY_CONFIGS, VOCAB, tiny_model
+
+
+def batch(lengths=(9, 12, 7, 10), prompts=(5, 8, 3, 1)):
+    torch.manual_seed(2)
+    width = max(lengths)
+    ids = torch.randint(3, VOCAB, (len(lengths), width))
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (n, p) in enumerate(zip(lengths, prompts, strict=True)):
+        mask[i, :n] = 1
+        labels[i, p:n] = ids[i, p:n]
+    return {
+        "input_ids": ids * mask,
+        "attention_mask": mask,
+        "labels": labels,
+        "prompt_lengths": torch.tensor(prompts),
+        "example_ids": torch.arange(len(lengths)),
+    }
+
+
+def base_model(model_type="llama", num_layers=4, **config):
+    """A tiny random causal LM; `config` overrides its settings (tied embeddings, windows, ...)."""
+    torch.manual_seed(0)
+    settings = dict(TINY_CONFIGS[model_type], num_hidden_layers=num_layers, **config)
+    model_config = AutoConfig.for_model(model_type, vocab_size=VOCAB, **settings)
+    model_config._attn_implementation = "eager"
+    return AutoModelForCausalLM.from_config(model_config).eval()
+
+
+def adapter(positions, share_weights, layers, base=None, **site):
+    model = get_reft_model(
+        base if base is not None else tiny_model("llama", num_layers=4),
+        ReftConfig.for_layers(
+            layers, 4, rank=2, positions=positions, share_weights=share_weights, **site
+        ),
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.interventions.parameters():
+            p.normal_(std=0.3)
+    return model.train()
+
+
+def loss_and_grads(model, outputs, targets):
+    total, count = loss_sum(outputs, targets, "causal_lm")
+    model.zero_grad()
+    (total / count).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return (total / count).item(), grads
+
+
+def assert_same(model, data, cache, passes=2):
+    """Each pass through `cache` (the first computes, later ones read) matches the plain path."""
+    plain_loss, plain = loss_and_grads(model, *forward(model, data))
+    assert plain_loss > 0 and any(g.abs().sum() > 0 for g in plain.values())
+    for _ in range(passes):
+        loss, grads = loss_and_grads(model, *cache.forward(model, data))
+        assert loss == pytest.approx(plain_loss, abs=1e-5)
+        for name in plain:
+            torch.testing.assert_close(grads[name], plain[name], atol=1e-5, rtol=1e-5)
+
+
+def count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("share_weights", [True, False])
+@pytest.mark.parametrize("positions", ["l2", "f1", "f2+l1"])
+@pytest.mark.parametrize("layers", [[2], [1, 3]])
+def test_every_optimization_on_equals_the_plain_path(share_weights, positions, layers):
+    # Tied input and output embeddings, as in SmolLM2: the head's gradient path meets the inputs'.
+    model = adapter(positions, share_weights, layers, base_model(tie_word_embeddings=True))
+    cache = PrefixCache(model, 2**30, head_on_targets=True)
+    assert cache.start == min(layers) and cache.head_on_targets
+    data = batch()
+    assert_same(model, data, cache)
+    assert cache.active and not cache.note
+    below, above = count_calls(model.architecture.blocks[0]), count_calls(cache.blocks[-1])
+    cache.forward(model, data)  # reads the cache: the blocks below the lowest layer never run
+    assert below == [] and above == [1]
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"prefix": True, "layers": False},
+        {"prefix": False, "layers": True},
+        {"prefix": False, "layers": False, "head_on_targets": True},
+    ],
+)
+def test_each_optimization_alone_equals_the_plain_path(switches):
+    model = adapter("l2", True, [1, 3])
+    cache = PrefixCache(model, 2**30, **switches)
+    assert cache.start == (1 if switches["layers"] else 0)
+    assert_same(model, batch(), cache)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma", "phi3", "gpt_neox"])
+def test_other_families_run_from_the_lowest_layer(family):
+    model = adapter("l2", True, [2, 3], tiny_model(family, num_layers=4))
+    cache = PrefixCache(model, 2**30, head_on_targets=True)
+    assert_same(model, batch(), cache)
+    assert cache.active and cache.start == 2 and not cache.note
+
+
+@pytest.mark.parametrize("tied_embeddings", [True, False])
+def test_the_lm_head_runs_on_target_positions_only(tied_embeddings):
+    model = adapter("l1", True, [1], base_model(tie_word_embeddings=tied_embeddings))
+    data = batch()
+    seen = []
+    model.model.lm_head.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape))
+    logits, targets = forward(model, data, "causal_lm", head_on_targets=True)
+    responses = int((data["labels"][:, 1:] != -100).sum())
+    assert seen == [torch.Size([responses, 32])] and logits.shape[0] == targets.shape[0]
+    plain_loss, plain = loss_and_grads(model, *forward(model, data))
+    loss, grads = loss_and_grads(model, logits, targets)
+    assert loss == pytest.approx(plain_loss, abs=1e-5)
+    # Both equal transformers' own shifted next-token loss.
+    with torch.no_grad():
+        own = model(**{k: v for k, v in data.items() if k != "example_ids"}).loss.item()
+    assert loss == pytest.approx(own, abs=1e-5)
+    for name in plain:
+        torch.testing.assert_close(grads[name], plain[name], atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_that_selects_positions_its_own_way_is_a_clear_error():
+    logits, targets = torch.zeros(2, 7, 16), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ReftError, match=r"set train\.lm_head_on_targets=false"):
+        check_selected(logits, targets)
+    check_selected(logits[0, :5], targets)
+
+
+def test_states_are_computed_once_and_then_read():
+    model = adapter("l1", True, [2])
+    cache = PrefixCache(model, budget_bytes=2**30)
+    data = batch()  # every row has lower-layer states, even the one without a prefix
+    cache.forward(model, data)  # the first batch's check computes the states, the step reads them
+    assert (cache.misses, cache.hits) == (4, 4)
+    cache.forward(model, data)
+    assert (cache.misses, cache.hits) == (4, 8)
+    assert len(cache.store) == 4 and "4 examples" in cache.describe()
+    assert "input to layer 2" in cache.describe()
+
+
+def test_budget_bounds_what_is_kept_and_results_stay_equal():
+    model = adapter("l2", True, [1])
+    cache = PrefixCache(model, budget_bytes=0)
+    assert_same(model, batch(), cache)
+    assert cache.store.ram_used == 0 and not len(cache.store) and cache.hits == 0
+
+
+def test_what_misses_ram_goes_to_disk_and_the_files_go_at_the_end(tmp_path):
+    model = adapter("l2", True, [2])
+    cache = PrefixCache(model, budget_bytes=0, disk_bytes=2**30, disk_dir=tmp_path)
+    assert_same(model, batch(), cache, passes=3)
+    assert len(cache.store.disk) == 4 and cache.hits == 12  # the check computes, 3 passes read
+    files = list(tmp_path.glob(".frozen-cache-*/*.safetensors"))
+    assert len(files) == 4 and "4 on disk" in cache.describe()
+    cache.store.clear()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_the_cut_does_not_fit_steps_back_to_the_plain_path():
+    # A sliding window shorter than the rows: the cached path's masks differ, and the check on the
+    # first batch catches it, drops layer caching, then the prefix, and says so.
+    model = adapter("l2", True, [2], base_model("mistral", sliding_window=3))
+    cache = PrefixCache(model, 2**30, head_on_targets=True)
+    assert_same(model, batch(), cache)
+    assert not cache.active and "differs from the plain one" in cache.describe()
+
+
+def test_a_base_model_with_dropout_is_never_cached():
+    model = adapter("l2", True, [2], base_model("llama", attention_dropout=0.1))
+    cache = PrefixCache(model, 2**30)
+    assert not cache.active and "dropout (p=0.1)" in cache.describe()
+
+
+def test_gradient_checkpointing_keeps_layer_caching_and_equal_gradients():
+    # attention_output edits inside block 1, so its checkpointed recompute must see the cached input.
+    model = adapter("l2", True, [1, 3], component="attention_output")
+    model.gradient_checkpointing_enable()
+    cache = PrefixCache(model, 2**30)
+    assert_same(model, batch(), cache)
+    assert cache.start == 1 and not cache.cache_prefix and "checkpointing" in cache.describe()
+
+
+def test_the_prefix_is_before_the_first_intervened_position():
+    model = adapter("f2+l1", False, [1])
+    data = batch(lengths=(9, 12), prompts=(5, 8))
+    assert PrefixCache(model, 0).prefix_lengths(data).tolist() == [0, 0]
+    model = adapter("l2", True, [1])
+    assert PrefixCache(model, 0).prefix_lengths(data).tolist() == [3, 6]
+    one_token = batch(lengths=(6,), prompts=(1,))  # the last prompt token predicts the response
+    assert PrefixCache(model, 0).prefix_lengths(one_token).tolist() == [0]
+    assert PrefixCache(model, 0, prefix=False).prefix_lengths(data).tolist() == [0, 0]
+
+
+def test_step_lengths_count_the_positions_a_step_runs():
+    model = adapter("l2", True, [1])
+    data = batch()
+    lengths = data["attention_mask"].sum(dim=1)
+    cache = PrefixCache(model, 0)
+    expected = lengths - cache.prefix_lengths(data)
+    assert cache.step_lengths(data["prompt_lengths"], lengths).tolist() == expected.tolist()
+    assert expected.tolist() != lengths.tolist()
