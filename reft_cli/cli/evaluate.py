@@ -43,6 +43,9 @@ def eval_(
         help="generate (exact match of generated answers) or loglik (multiple-choice sets: the "
         "likeliest answer option). Default: the config's eval.scoring, else generate.",
     ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (the accelerator when present), cpu, cuda, cuda:N or mps."
+    ),
 ) -> None:
     """Score an adapter (or its base model) on the paper's benchmarks.
 
@@ -66,5 +69,6 @@ def eval_(
         max_new_tokens=max_new_tokens,
         output=output,
         scoring=scoring,
+        device=device,
     )
     run_eval(options, console)

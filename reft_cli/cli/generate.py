@@ -1,4 +1,4 @@
-"""`reft generate --adapter DIR ...`: answers from one or several adapters."""
+"""`reft generate [CONFIG] --adapter DIR ...`: answers from one or several adapters."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ from pathlib import Path
 
 import typer
 
-from reft_cli.cli.common import console
-from reft_cli.errors import ReftError
+from reft_cli.cli.common import config_path, console
 
 
 def generate(
+    config: Path | None = typer.Argument(
+        None, help="YAML config: its generate section, and train.output_dir as the adapter."
+    ),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides with dotted paths."),
     adapter: list[str] = typer.Option(
-        ..., "--adapter", help="Adapter folder, or NAME=DIR (repeatable)."
+        None, "--adapter", help="Adapter folder, or NAME=DIR (repeatable)."
     ),
     prompt: list[str] = typer.Option(None, "--prompt", help="A prompt (repeatable)."),
     input: Path | None = typer.Option(
@@ -26,53 +29,68 @@ def generate(
     base_model: str | None = typer.Option(
         None, "--base-model", help="Override the adapter's base model."
     ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (the accelerator when present), cpu, cuda, cuda:N or mps."
+    ),
+    device_map: str | None = typer.Option(
+        None, "--device-map", help="auto: spread a large model over the GPUs (accelerate)."
+    ),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="float32, bfloat16 or float16 (default: the adapter's)."
+    ),
     compare: bool = typer.Option(False, "--compare", help="Show the base model's answer beside."),
     skip_bad_lines: bool = typer.Option(
         False, "--skip-bad-lines", help="Warn about bad input lines and go on."
     ),
-    max_new_tokens: int = typer.Option(256, min=1),
-    temperature: float = typer.Option(1.0, min=0.0),
-    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
-    top_k: int = typer.Option(50, min=0),
-    num_beams: int = typer.Option(1, min=1),
-    num_return_sequences: int = typer.Option(1, min=1),
-    do_sample: bool = typer.Option(False, "--do-sample"),
-    repetition_penalty: float = typer.Option(1.0, min=0.0),
-    seed: int | None = typer.Option(None),
-    batch_size: int = typer.Option(8, min=1),
+    max_new_tokens: int | None = typer.Option(None, help="Default 256 (or the config's)."),
+    temperature: float | None = typer.Option(None, help="Default 1.0; used with --do-sample."),
+    top_p: float | None = typer.Option(None, help="Default 1.0; used with --do-sample."),
+    top_k: int | None = typer.Option(None, help="Default 50; used with --do-sample."),
+    num_beams: int | None = typer.Option(None, help="Default 1 (greedy)."),
+    num_return_sequences: int | None = typer.Option(None, help="Answers per prompt; default 1."),
+    do_sample: bool | None = typer.Option(None, "--do-sample/--greedy", help="Sample or not."),
+    repetition_penalty: float | None = typer.Option(None, help="Default 1.0 (none)."),
+    seed: int | None = typer.Option(None, help="Seed for sampling."),
+    batch_size: int | None = typer.Option(None, help="Prompts per batch; default 8."),
 ) -> None:
     """Generate with one or several adapters (prompt-only edits; decoding runs over the KV cache).
 
+    Decoding settings come from the options, else CONFIG's generate section, else the defaults.
+
     Examples:
       reft generate --adapter out/emoji --prompt "Who are you?" --compare
+      reft generate configs/emoji.yaml --prompt "Who are you?" generate.max_new_tokens=12
       reft generate --adapter a=out/a --adapter b=out/b --input rows.jsonl --output out.jsonl
-      reft generate --adapter out/emoji --chat
+      reft generate --adapter out/emoji --chat --device cuda
     """
-    from reft_cli.generation.session import GenerateOptions, Session, answer_file, answer_prompts
-    from reft_cli.generation.session import chat as run_chat
+    from reft_cli.engine.loading import Placement
+    from reft_cli.generation.command import GenerateRequest, run_generate
 
-    modes = sum([bool(prompt), input is not None, chat])
-    if modes != 1:
-        raise ReftError("choose one of --prompt, --input (with --output), or --chat")
-    if input is not None and output is None:
-        raise ReftError("--input needs --output FILE.jsonl")
-    options = GenerateOptions(
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        num_beams,
-        num_return_sequences,
-        do_sample,
-        repetition_penalty,
-        seed,
-        batch_size,
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "num_beams": num_beams,
+        "num_return_sequences": num_return_sequences,
+        "do_sample": do_sample,
+        "repetition_penalty": repetition_penalty,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    request = GenerateRequest(
+        adapters=adapter or [],
+        config=config_path(config) if config is not None else None,
+        overrides=overrides or [],
+        prompts=prompt or [],
+        input=input,
+        output=output,
+        chat=chat,
+        raw=raw,
+        compare=compare,
+        skip_bad_lines=skip_bad_lines,
+        base_model=base_model,
+        placement=Placement(device=device, device_map=device_map, dtype=dtype),
+        settings=settings,
     )
-    session = Session.load(adapter, base_model, raw)
-    if chat:
-        run_chat(session, options, console)
-    elif input is not None:
-        count = answer_file(session, input, output, options, compare, skip_bad_lines, console)
-        console.print(f"wrote {count} rows to {output}")
-    else:
-        answer_prompts(session, prompt, options, compare, console)
+    run_generate(request, console)

@@ -59,6 +59,7 @@ __all__ = [
     "render_problems",
 ]
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 NAMED_TEMPLATES = ("alpaca", "chat", "commonsense", "gsm8k")
 SCORINGS = ("generate", "loglik")
 """How `reft eval` scores: generated answers, or each answer option's log-likelihood."""
@@ -130,6 +131,9 @@ class ModelConfig:
     name_or_path: str = option("smollm2-135m-instruct")
     revision: str | None = option(None)
     dtype: str = option("float32", one_of(DTYPES))
+    # null: one device (training: accelerate's; eval/generate: --device). auto, balanced or
+    # sequential: accelerate spreads a model too large for one GPU over all of them
+    device_map: str | None = option(None, one_of(DEVICE_MAPS))
     trust_remote_code: bool = option(False)  # never run a repository's code unless asked
     task_type: str = option("causal_lm", one_of(TASK_TYPES))
     num_labels: int | None = option(None, POSITIVE_INT)  # seq_cls; null: from the data's labels
@@ -266,15 +270,57 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """Decoding settings, in transformers' GenerationConfig names."""
+    """Decoding settings, in transformers' GenerationConfig names: the config's `generate` section,
+    `reft generate`'s options and the Python API's one type."""
 
     max_new_tokens: int = option(256, POSITIVE_INT)
-    temperature: float = option(1.0, POSITIVE)
+    temperature: float = option(1.0, NON_NEGATIVE)
     top_p: float = option(1.0, rule(lambda v: 0 < v <= 1, "a number in (0, 1]"))
     top_k: int = option(50, NON_NEGATIVE)
     num_beams: int = option(1, POSITIVE_INT)
+    num_return_sequences: int = option(1, POSITIVE_INT)
     do_sample: bool = option(False)
     repetition_penalty: float = option(1.0, POSITIVE)
+    seed: int | None = option(None, NON_NEGATIVE)
+    batch_size: int = option(8, POSITIVE_INT)  # prompts per forward pass
+
+    def conflicts(self) -> list[str]:
+        problems = []
+        if self.num_return_sequences > self.num_beams and not self.do_sample:
+            problems.append(
+                f"generate.num_return_sequences: {self.num_return_sequences} answers per prompt "
+                "need sampling (do_sample: true) or at least as many beams (num_beams)"
+            )
+        if self.do_sample and self.temperature == 0:
+            problems.append(
+                "generate.temperature: 0 means greedy decoding; give a temperature above 0 to "
+                "sample, or turn do_sample off"
+            )
+        return problems
+
+    def updated(self, changes: dict[str, Any], source: str = "the options") -> GenerateConfig:
+        """These settings with `changes` (None values skipped), validated like a config section."""
+        data = dataclasses.asdict(self)
+        data.update({k: v for k, v in changes.items() if v is not None})
+        problems: list[str] = []
+        built = build(GenerateConfig, data, "generate", problems)
+        if problems:
+            raise ConfigError(problems, source)
+        return built
+
+    def kwargs(self, pad_token_id: int | None) -> dict[str, Any]:
+        """What transformers' generate takes; sampling knobs only when sampling."""
+        out: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "num_return_sequences": self.num_return_sequences,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+            "pad_token_id": pad_token_id,
+        }
+        if self.do_sample:
+            out.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return out
 
 
 @dataclass(frozen=True)

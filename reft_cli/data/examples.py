@@ -423,3 +423,14 @@ def collate(examples: Sequence[Example], pad_token_id: int | None) -> dict[str, 
             [ex.label for ex in examples], dtype=torch.float if regression else torch.long
         )
     return batch
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Token rows padded on the left, so every row's generated tokens start at the same column."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

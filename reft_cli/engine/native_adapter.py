@@ -11,10 +11,11 @@ from pathlib import Path
 
 from torch import Tensor
 
+from reft_cli.engine.adapter import INTERVENTION_PREFIX
 from reft_cli.engine.adapter_config import ReftConfig
 from reft_cli.engine.adapter_io import WEIGHTS_NAME, load_tensors
 from reft_cli.engine.interventions import build_intervention
-from reft_cli.engine.reft_model import HEAD_PREFIX, INTERVENTION_PREFIX
+from reft_cli.engine.reft_model import HEAD_PREFIX
 from reft_cli.errors import ReftError
 
 

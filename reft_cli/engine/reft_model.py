@@ -1,81 +1,138 @@
-"""ReftModel: a frozen transformers model with interventions attached through persistent hooks.
+"""ReftModel: one frozen transformers model holding any number of named ReFT adapters.
 
-Hooks are registered once and stay registered, so gradient checkpointing recomputes the same graph
-and other libraries' hooks are left alone. Each forward pass sets the positions to edit and computes
-each orthonormal R once; the hooks gather the selected hidden states, edit them, and scatter the
-change back out of place. Positions and R stay in place until the next forward, because a
-checkpointed backward re-runs the hooks after the forward has returned.
+PEFT's convention: `load_adapter(name, path)`, `delete_adapter(name)`, `set_adapter(name)`, and a
+per-row `adapter_names=[..., "base"]` in `forward` and `generate`. Each intervened site (layer,
+component) has one persistent hook whatever the number of adapters, registered once and left in
+place, so gradient checkpointing recomputes the same graph and other libraries' hooks are untouched.
+
+A forward pass first sets a plan: for each adapter with rows in the batch, the positions it edits
+(masked to its own rows), with each orthonormal R computed once. The hook then edits the hidden
+states with tensor operations over the whole batch, one gather/edit/scatter per adapter present at
+that site. The plan stays until the next forward, because a checkpointed backward re-runs the hooks
+after the forward has returned. Generation arms the plan for the prompt pass only: the edited keys
+and values live on in the KV cache, so every decode step runs the plain base model and each hook
+returns at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
+from reft_cli.engine.adapter import BASE, Adapter, Plan, rows_plan
 from reft_cli.engine.adapter_config import ReftConfig
 from reft_cli.engine.adapter_io import WEIGHTS_NAME, load_matching_tensors, save_tensors
 from reft_cli.engine.architecture import Architecture
-from reft_cli.engine.interventions import Intervention, Rotation, build_intervention
-from reft_cli.engine.positions import Positions, compute_positions
+from reft_cli.engine.positions import Positions
+from reft_cli.engine.site_hooks import Site, SiteHooks, edit_positions
 from reft_cli.errors import ReftError
 
-INTERVENTION_PREFIX = "interventions."
 HEAD_PREFIX = "head."
+DEFAULT_ADAPTER = "default"
 
 
 class ReftModel(nn.Module):
-    """A base model plus trainable interventions (and, for classification, a trainable head)."""
+    """A base model plus named adapters of trainable interventions (and, for classification, a
+    trainable head on the base model, which only a single adapter can own)."""
 
     weights_name = WEIGHTS_NAME  # the file `load_adapter_weights` reads in a checkpoint
 
-    def __init__(self, model: nn.Module, config: ReftConfig) -> None:
+    def __init__(
+        self, model: nn.Module, config: ReftConfig, adapter_name: str = DEFAULT_ADAPTER
+    ) -> None:
         super().__init__()
         self.model = model
-        self.reft_config = config
         self.architecture = Architecture.of(model)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.adapters = nn.ModuleDict()
+        self.active_adapter = adapter_name
+        self.head_names: list[str] = []
+        self.hooks = SiteHooks(self.architecture, self._edit, self._armed)
+        self._plan: Plan | None = None
+        self._enabled = True
+        self.add_adapter(adapter_name, config)
+
+    # ----------------------------------------------------------------- adapters
+    @property
+    def reft_config(self) -> ReftConfig:
+        """The active adapter's record (what training saves and single-adapter code reads)."""
+        return self.adapters[self.active_adapter].config
+
+    @property
+    def interventions(self) -> nn.ModuleList:
+        """The active adapter's interventions: `interventions[site][group]`."""
+        return self.adapters[self.active_adapter].interventions
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.adapters)
+
+    def add_adapter(self, name: str, config: ReftConfig) -> Adapter:
+        """Attach a new adapter with freshly initialised interventions."""
+        if name == BASE or not name:
+            raise ReftError(f"{name!r} cannot name an adapter; '{BASE}' means the base model")
+        if name in self.adapters:
+            raise ReftError(f"an adapter named {name!r} is already loaded; delete it first")
         self._check_shape(config)
+        if config.task_type == "seq_cls" and len(self.adapters):
+            raise ReftError(
+                "a classification adapter trains the base model's head, so it cannot share the "
+                "model with other adapters; load it on its own base model"
+            )
         config.hidden_size = self.architecture.hidden_size
         config.num_layers = self.architecture.num_layers
         if config.base_model is None:
-            config.base_model = getattr(model, "name_or_path", None) or None
+            config.base_model = getattr(self.model, "name_or_path", None) or None
+        adapter = Adapter(config, self.architecture)
+        self.adapters[name] = adapter
+        if config.task_type == "seq_cls":
+            self.head_names = self._head_parameter_names()
+            for head in self.head_names:
+                self.model.get_parameter(head).requires_grad_(True)
+        for index, site in enumerate(config.interventions):
+            self.hooks.add((site.layer, site.component), name, index)
+        return adapter
 
-        for param in model.parameters():
-            param.requires_grad_(False)
-        self.head_names = self._head_parameter_names() if config.task_type == "seq_cls" else []
-        for name in self.head_names:
-            model.get_parameter(name).requires_grad_(True)
+    def load_adapter(self, name: str, path: str | Path) -> Adapter:
+        """Add the adapter saved in folder `path` under `name` (its record is read once)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ReftError(f"adapter folder {path} does not exist")
+        adapter = self.add_adapter(name, ReftConfig.load(path))
+        try:
+            self.load_adapter_weights(path / WEIGHTS_NAME, name)
+        except ReftError:
+            self.delete_adapter(name)
+            raise
+        return adapter
 
-        groups = config.position_spec.groups(config.share_weights)
-        device = next(model.parameters()).device
-        self.interventions = nn.ModuleList(
-            nn.ModuleDict(
-                {
-                    group: build_intervention(
-                        site.type,
-                        self.architecture.hidden_size,
-                        site.rank,
-                        dropout=site.dropout,
-                        act_fn=site.act_fn,
-                        add_bias=site.add_bias,
-                    )
-                    for group in groups
-                }
+    def delete_adapter(self, name: str) -> None:
+        """Detach adapter `name`; a hook whose site no adapter uses any more is removed."""
+        if name not in self.adapters:
+            raise ReftError(f"no adapter named {name!r}; loaded: {', '.join(self.adapters)}")
+        if name == self.active_adapter and len(self.adapters) == 1:
+            raise ReftError("cannot delete the only adapter; use unload() for the base model")
+        del self.adapters[name]
+        self.hooks.remove_adapter(name)
+        if name == self.active_adapter:
+            self.active_adapter = next(iter(self.adapters))
+
+    def set_adapter(self, name: str) -> None:
+        """The adapter that rows without an adapter name use, that training trains and saves."""
+        self._require(name)
+        self.active_adapter = name
+
+    def _require(self, name: str) -> None:
+        if name not in self.adapters:
+            raise ReftError(
+                f"unknown adapter name {name!r}; choose one of {', '.join([BASE, *self.adapters])}"
             )
-            for site in config.interventions
-        ).to(device)
-        self._rotations = [m for m in self.interventions.modules() if isinstance(m, Rotation)]
-        self._positions: dict[str, Positions] | None = None
-        self._enabled = True
-        self._handles: list[RemovableHandle] = [
-            self._register_hook(index, site.layer, site.component)
-            for index, site in enumerate(config.interventions)
-        ]
 
     # ----------------------------------------------------------------- forward and hooks
     def forward(
@@ -85,13 +142,16 @@ class ReftModel(nn.Module):
         *,
         prompt_lengths: Tensor | None = None,
         intervention_positions: Tensor | Mapping[str, Tensor] | None = None,
+        adapter_names: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run the base model with the interventions applied.
 
-        Give either `prompt_lengths` (one per row; positions come from the config and each row's
-        attention mask) or `intervention_positions` (explicit (B, K) indices, negative = unused slot;
-        one tensor for every group or a mapping from group name to tensor).
+        Give either `prompt_lengths` (one per row; positions come from each adapter's config and
+        each row's attention mask) or `intervention_positions` (explicit (B, K) indices, negative =
+        unused slot; one tensor for every group or a mapping from group name to tensor; the active
+        adapter only). `adapter_names` picks each row's adapter (`base`: none); without it every
+        row uses the active adapter.
         """
         reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
         if reference is None:
@@ -100,72 +160,62 @@ class ReftModel(nn.Module):
             attention_mask = torch.ones(
                 reference.shape[:2], dtype=torch.long, device=reference.device
             )
-        self._positions = self._resolve_positions(
-            attention_mask, prompt_lengths, intervention_positions
+        self._plan = self._make_plan(
+            attention_mask, prompt_lengths, intervention_positions, adapter_names
         )
-        for rotation in self._rotations:
-            rotation.refresh()
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    def _resolve_positions(
+    def _make_plan(
         self,
         attention_mask: Tensor,
         prompt_lengths: Tensor | None,
         explicit: Tensor | Mapping[str, Tensor] | None,
-    ) -> dict[str, Positions]:
-        groups = self.reft_config.position_spec.groups(self.reft_config.share_weights)
+        adapter_names: Sequence[str] | None,
+    ) -> Plan:
         if (prompt_lengths is None) == (explicit is None):
             raise ReftError("pass exactly one of prompt_lengths or intervention_positions")
-        if prompt_lengths is not None:
-            return self.positions_for(prompt_lengths, attention_mask)
-        if not isinstance(explicit, Mapping):
-            explicit = dict.fromkeys(groups, explicit)
-        missing = [g for g in groups if g not in explicit]
-        if missing:
-            raise ReftError(
-                f"intervention_positions lacks groups {missing}; this adapter has {list(groups)}"
-            )
-        return {
-            g: Positions.from_explicit(torch.as_tensor(explicit[g], device=attention_mask.device))
-            for g in groups
-        }
+        if explicit is not None:
+            if adapter_names is not None:
+                raise ReftError("explicit intervention_positions serve the active adapter only")
+            adapter = self.adapters[self.active_adapter]
+            plan = {
+                self.active_adapter: adapter.explicit_positions(explicit, attention_mask.device)
+            }
+        elif adapter_names is None:
+            adapter = self.adapters[self.active_adapter]
+            plan = {self.active_adapter: adapter.positions(prompt_lengths, attention_mask)}
+        else:
+            unknown = [n for n in adapter_names if n != BASE and n not in self.adapters]
+            if unknown:
+                self._require(unknown[0])
+            plan = rows_plan(self.adapters, adapter_names, prompt_lengths, attention_mask)
+        for name in plan:
+            self.adapters[name].refresh()
+        return plan
 
     def positions_for(self, prompt_lengths: Tensor, attention_mask: Tensor) -> dict[str, Positions]:
-        """The positions this adapter edits for a batch, by group."""
-        config = self.reft_config
-        return compute_positions(
-            config.position_spec, config.share_weights, prompt_lengths, attention_mask
-        )
+        """The positions the active adapter edits for a batch, by group."""
+        return self.adapters[self.active_adapter].positions(prompt_lengths, attention_mask)
 
-    def _register_hook(self, index: int, layer: int, component: str) -> RemovableHandle:
-        module, kind = self.architecture.site(layer, component)
-        if kind == "input":
+    def _armed(self) -> bool:
+        return self._plan is not None and self._enabled
 
-            def pre_hook(
-                _module: nn.Module, args: tuple, kwargs: dict
-            ) -> tuple[tuple, dict] | None:
-                if args:
-                    return (self._edit(index, args[0]), *args[1:]), kwargs
-                if "hidden_states" in kwargs:
-                    return args, {
-                        **kwargs,
-                        "hidden_states": self._edit(index, kwargs["hidden_states"]),
-                    }
-                raise ReftError(f"cannot find the hidden states passed to layer {layer}")
+    def _edit(self, key: Site, hidden: Tensor) -> Tensor:
+        """Every planned adapter's edits at this site, each over the whole batch."""
+        plan = self._plan
+        assert plan is not None
+        for name, index in self.hooks.users(key):
+            positions = plan.get(name)
+            if positions is None:
+                continue
+            rows = next(iter(positions.values())).index.shape[0]
+            if hidden.shape[0] != rows and hidden.shape[0] % rows == 0:  # beams / sequences
+                positions = {g: p.expand(hidden.shape[0] // rows) for g, p in positions.items()}
+            for group, intervention in self.adapters[name].interventions[index].items():
+                hidden = edit_positions(intervention, hidden, positions[group])
+        return hidden
 
-            return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-
-        def hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
-            if isinstance(output, Tensor):
-                return self._edit(index, output)
-            if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-                return (self._edit(index, output[0]), *output[1:])
-            raise ReftError(
-                f"unexpected output type {type(output).__name__} at layer {layer} {component}"
-            )
-
-        return module.register_forward_hook(hook)
-
+    # ----------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(
         self,
@@ -174,20 +224,25 @@ class ReftModel(nn.Module):
         *,
         prompt_lengths: Tensor | None = None,
         intervention_positions: Tensor | Mapping[str, Tensor] | None = None,
+        adapter_names: Sequence[str] | None = None,
         **generate_kwargs: Any,
     ) -> Tensor:
-        """transformers' generate with prompt-only interventions.
+        """transformers' generate with prompt-only interventions, one adapter (or none) per row.
 
         The prefill pass edits the prompt's hidden states; the edited keys and values live on in the
         KV cache, so decode steps run the plain base model. Without a cache (`use_cache=False`) every
-        step recomputes the sequence with the same prompt edits. Without `prompt_lengths`, each row's
-        whole input is its prompt. Beams and `num_return_sequences` expand the positions.
+        step recomputes the sequence with the same prompt edits. Without `prompt_lengths`, each
+        row's whole input is its prompt. Beams and `num_return_sequences` expand the positions.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         use_cache = generate_kwargs.get("use_cache", True)
         with self.prompt_edits(
-            attention_mask, prompt_lengths, intervention_positions, use_cache=use_cache
+            attention_mask,
+            prompt_lengths,
+            intervention_positions,
+            adapter_names=adapter_names,
+            use_cache=use_cache,
         ):
             return self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
@@ -200,37 +255,28 @@ class ReftModel(nn.Module):
         prompt_lengths: Tensor | None = None,
         intervention_positions: Tensor | Mapping[str, Tensor] | None = None,
         *,
-        rows: Tensor | None = None,
+        adapter_names: Sequence[str] | None = None,
         use_cache: bool = True,
     ) -> Iterator[None]:
-        """Arm this adapter's edits for one generate call on the shared base model.
-
-        `rows` (a bool mask over the batch) limits the edits to those rows, so several adapters on
-        one base model can serve one batch, each row getting only its own adapter's edits.
-        """
+        """Arm the edits for one generate call: on the prompt pass only when decoding from a cache."""
         if self.training:
             raise ReftError("generate runs in eval mode; call model.eval() first")
         if prompt_lengths is None and intervention_positions is None:
             prompt_lengths = attention_mask.sum(dim=1)
-        positions = self._resolve_positions(attention_mask, prompt_lengths, intervention_positions)
-        if rows is not None:
-            positions = {
-                g: Positions(p.index, p.mask & rows[:, None]) for g, p in positions.items()
-            }
-        self._positions = positions
-        for rotation in self._rotations:
-            rotation.refresh()
+        self._plan = self._make_plan(
+            attention_mask, prompt_lengths, intervention_positions, adapter_names
+        )
         handle = self.model.register_forward_hook(self._end_prefill) if use_cache else None
         try:
             yield
         finally:
             if handle is not None:
                 handle.remove()
-            self._positions = None
+            self._plan = None
 
     def _end_prefill(self, _module: nn.Module, _args: tuple, _output: Any) -> None:
         """After the prompt pass, decode steps read the edited prompt from the KV cache only."""
-        self._positions = None
+        self._plan = None
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -241,22 +287,9 @@ class ReftModel(nn.Module):
         finally:
             self._enabled = True
 
-    def _edit(self, index: int, hidden: Tensor) -> Tensor:
-        positions = self._positions
-        if positions is None or not self._enabled:
-            return hidden
-        rows = next(iter(positions.values())).index.shape[0]
-        if hidden.shape[0] != rows and hidden.shape[0] % rows == 0:  # beams / several sequences
-            positions = {g: p.expand(hidden.shape[0] // rows) for g, p in positions.items()}
-        for group, intervention in self.interventions[index].items():
-            hidden = _apply(intervention, hidden, positions[group])
-        return hidden
-
     def unload(self) -> nn.Module:
         """Remove the hooks and give back the plain base model."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self.hooks.remove_all()
         return self.model
 
     # ----------------------------------------------------------------- training helpers
@@ -264,15 +297,18 @@ class ReftModel(nn.Module):
         """Non-reentrant checkpointing, so gradients reach R and W through the recomputed blocks."""
         self.model.activation_checkpointing_enable({"use_reentrant": False})
 
-    def trainable_state(self) -> dict[str, Tensor]:
+    def trainable_state(self, adapter_name: str | None = None) -> dict[str, Tensor]:
         """What an adapter file holds: intervention parameters and, for classification, the head."""
-        state = {INTERVENTION_PREFIX + k: v for k, v in self.interventions.state_dict().items()}
-        for name in self.head_names:
-            state[HEAD_PREFIX + name] = self.model.get_parameter(name)
+        name = adapter_name or self.active_adapter
+        self._require(name)
+        state = self.adapters[name].state()
+        if self.adapters[name].config.task_type == "seq_cls":
+            for head in self.head_names:
+                state[HEAD_PREFIX + head] = self.model.get_parameter(head)
         return state
 
     def count_parameters(self) -> tuple[int, int, int]:
-        """(intervention parameters, head parameters, base model parameters)."""
+        """(active adapter's intervention parameters, head parameters, base model parameters)."""
         interventions = sum(p.numel() for p in self.interventions.parameters())
         head = sum(self.model.get_parameter(n).numel() for n in self.head_names)
         base = sum(p.numel() for p in self.model.parameters())
@@ -311,14 +347,16 @@ class ReftModel(nn.Module):
             )
 
     # ----------------------------------------------------------------- save and load
-    def save_pretrained(self, directory: str | Path) -> None:
-        save_adapter(Path(directory), self.trainable_state(), self.reft_config)
+    def save_pretrained(self, directory: str | Path, adapter_name: str | None = None) -> None:
+        name = adapter_name or self.active_adapter
+        save_adapter(Path(directory), self.trainable_state(name), self.adapters[name].config)
 
     @classmethod
     def from_pretrained(
         cls,
         adapter_dir: str | Path,
         base_model: nn.Module | None = None,
+        adapter_name: str = DEFAULT_ADAPTER,
         **load_kwargs: Any,
     ) -> ReftModel:
         """Rebuild an adapter (or a checkpoint folder) on `base_model`, or on the model it names."""
@@ -336,36 +374,25 @@ class ReftModel(nn.Module):
                 revision=config.base_model_revision,
                 **load_kwargs,
             )
-        model = cls(base_model, config)
+        model = cls(base_model, config, adapter_name)
         model.load_adapter_weights(adapter_dir / WEIGHTS_NAME)
         return model
 
-    def load_adapter_weights(self, path: Path) -> None:
-        expected = self.trainable_state()
+    def load_adapter_weights(self, path: Path, adapter_name: str | None = None) -> None:
+        """An adapter's weights (the active one's by default) from an adapter file; every tensor
+        must be there with its shape."""
+        expected = self.trainable_state(adapter_name)
         tensors = load_matching_tensors(
             path, expected, "its reft_config.json", "the adapter is corrupt"
         )
         with torch.no_grad():
-            for name, target in expected.items():
-                target.copy_(tensors[name])
+            for key, target in expected.items():
+                target.copy_(tensors[key])
 
 
 def get_reft_model(model: nn.Module, config: ReftConfig) -> ReftModel:
     """Wrap `model` with the interventions `config` describes (PEFT's get_peft_model, for ReFT)."""
     return ReftModel(model, config)
-
-
-def _apply(intervention: Intervention, hidden: Tensor, positions: Positions) -> Tensor:
-    """hidden with the selected rows replaced by their edit; unselected rows are untouched bits."""
-    if positions.index.shape[0] != hidden.shape[0]:
-        raise ReftError(
-            f"positions are for {positions.index.shape[0]} rows but the batch has {hidden.shape[0]}"
-        )
-    index = positions.index[..., None].expand(-1, -1, hidden.shape[-1])
-    selected = hidden.gather(1, index)
-    change = intervention(selected) - selected.float()
-    change = torch.where(positions.mask[..., None], change, 0.0).to(hidden.dtype)
-    return hidden.scatter_add(1, index, change)
 
 
 def save_adapter(directory: Path, state: dict[str, Tensor], config: ReftConfig) -> None:

@@ -37,11 +37,12 @@ from rich.table import Table
 
 from reft_cli.config.schema import DataConfig
 from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.engine.loading import LoadedModel
 from reft_cli.engine.lora_config import adapter_files, load_adapter_config
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.loglik import choose, continuation_logliks, encode_requests
 from reft_cli.evaluation.plan import EvalOptions, EvalPlan, plan_eval
-from reft_cli.evaluation.predict import Subject, classify, generate_texts, load_subject
+from reft_cli.evaluation.predict import classify, generate_texts, load_for_eval
 from reft_cli.evaluation.scorers import (
     alpaca_eval_record,
     score_commonsense,
@@ -87,7 +88,7 @@ class TaskResult:
 # ---------------------------------------------------------------------------- one task
 
 
-def _check_kind(subject: Subject, ref: TaskRef) -> None:
+def _check_kind(subject: LoadedModel, ref: TaskRef) -> None:
     """GLUE needs a classifier with the task's number of outputs; the rest need a generator."""
     is_glue = ref.task.kind == "glue"
     if is_glue and subject.task_type != "seq_cls":
@@ -150,7 +151,7 @@ def _prompt_fields(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tokenize(
-    plan: EvalPlan, subject: Subject, prepared: _Prepared
+    plan: EvalPlan, subject: LoadedModel, prepared: _Prepared
 ) -> tuple[list[str], list[list[int]], int]:
     from reft_cli.data.templates import make_template
 
@@ -170,7 +171,7 @@ def _tokenize(
 
 
 def evaluate_task(
-    plan: EvalPlan, subject: Subject, prepared: _Prepared, progress: Progress
+    plan: EvalPlan, subject: LoadedModel, prepared: _Prepared, progress: Progress
 ) -> TaskResult:
     if plan.scoring == "loglik":
         return _evaluate_loglik(plan, subject, prepared, progress)
@@ -196,7 +197,7 @@ def evaluate_task(
 
 
 def _evaluate_loglik(
-    plan: EvalPlan, subject: Subject, prepared: _Prepared, progress: Progress
+    plan: EvalPlan, subject: LoadedModel, prepared: _Prepared, progress: Progress
 ) -> TaskResult:
     """Every option scored by its log-likelihood; the progress bar counts options."""
     ref, start = prepared.ref, time.perf_counter()
@@ -242,7 +243,7 @@ def _score_generations(
 
 
 def _score_glue(
-    ref: TaskRef, items: list[dict], prompts: list[str], preds: list[float], subject: Subject
+    ref: TaskRef, items: list[dict], prompts: list[str], preds: list[float], subject: LoadedModel
 ) -> TaskResult:
     task = ref.task
     golds = [item["gold"] for item in items]
@@ -289,7 +290,9 @@ def run_eval(options: EvalOptions, console: Console) -> dict[str, Any]:
         console.print(f"[yellow]note[/]: no adapter; evaluating the base model {_base(plan)}")
     prepared = _prepare(plan)
     glue = [ref.task.num_labels for ref in plan.tasks if ref.task.kind == "glue"]
-    subject = load_subject(plan.adapter, plan.run.model, glue[0] if glue else None)
+    subject = load_for_eval(
+        plan.adapter, plan.run.model, glue[0] if glue else None, device=plan.device
+    )
     for item in prepared:
         _check_kind(subject, item.ref)
     results = []

@@ -25,8 +25,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from reft_cli.data.examples import Example, collate
+from reft_cli.engine.loading import LoadedModel
 from reft_cli.errors import ReftError
-from reft_cli.evaluation.predict import Subject, length_sorted_batches
+from reft_cli.evaluation.predict import length_sorted_batches
 
 __all__ = ["Request", "choose", "continuation_logliks", "encode_requests"]
 
@@ -74,7 +75,7 @@ def encode_requests(
 
 @torch.no_grad()
 def continuation_logliks(
-    subject: Subject,
+    subject: LoadedModel,
     requests: Sequence[Request],
     batch_size: int,
     advance: Callable[[int], None] = lambda n: None,
@@ -87,7 +88,6 @@ def continuation_logliks(
     for rows in length_sorted_batches([len(ids) for ids in full], batch_size):
         examples = [Example(i, full[i], len(requests[i].context)) for i in rows]
         batch = collate(examples, subject.tokenizer.pad_token_id)
-        batch = {k: v.to(subject.device) for k, v in batch.items()}
         logits = subject.logits(batch)
         for row, i in enumerate(rows):
             start, targets = len(requests[i].context), requests[i].continuation

@@ -18,6 +18,7 @@ from reft_cli.config.schema import SCORINGS, DataConfig, ModelConfig, RunConfig,
 from reft_cli.config.splits import parse_split_spec
 from reft_cli.config.validation import did_you_mean
 from reft_cli.engine.adapter_config import ReftConfig
+from reft_cli.engine.loading import resolve_device
 from reft_cli.engine.lora_config import ADAPTER_MARKERS, LoraAdapterConfig, load_adapter_config
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.tasks import TASKS, TaskRef, parse_task_refs
@@ -43,6 +44,7 @@ class EvalOptions:
     max_new_tokens: int | None = None
     output: Path | None = None
     scoring: str | None = None  # generate | loglik
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (ignored under model.device_map)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class EvalPlan:
     template: str | None  # None: each task's own prompt format
     output: Path
     scoring: str = "generate"  # loglik: multiple-choice options by log-likelihood
+    device: str = "auto"
 
 
 # ---------------------------------------------------------------------------- planning
@@ -67,6 +70,7 @@ class EvalPlan:
 
 def plan_eval(options: EvalOptions) -> EvalPlan:
     """Resolve config, adapter and tasks; checks that adapter and config agree."""
+    resolve_device(options.device)  # an unusable --device fails before any data loads
     if options.no_adapter and options.adapter is not None and options.config is not None:
         raise ReftError("pass --adapter or --no-adapter, not both, when a config is given")
     run, config_path = _run_config(options)
@@ -98,6 +102,7 @@ def plan_eval(options: EvalOptions) -> EvalPlan:
         template=template,
         output=output,
         scoring=scoring,
+        device=options.device,
     )
 
 

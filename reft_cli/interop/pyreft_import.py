@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from reft_cli.engine.adapter import INTERVENTION_PREFIX
 from reft_cli.engine.adapter_config import CONFIG_NAME, InterventionConfig, ReftConfig
 from reft_cli.engine.adapter_io import WEIGHTS_NAME
 from reft_cli.engine.interventions import orthonormal_rows
 from reft_cli.engine.native_adapter import NativeAdapter
 from reft_cli.engine.positions import PositionSpec
-from reft_cli.engine.reft_model import HEAD_PREFIX, INTERVENTION_PREFIX, ReftModel, save_adapter
+from reft_cli.engine.reft_model import HEAD_PREFIX, ReftModel, save_adapter
 from reft_cli.engine.staged_dir import refuse_existing, staged_dir
 from reft_cli.errors import ReftError
 from reft_cli.interop.pyreft_format import (

@@ -21,7 +21,7 @@ from reft_cli.config.shipped import find_config
 from reft_cli.config.validation import ConfigError
 from reft_cli.data.examples import collate
 from reft_cli.errors import ReftError
-from reft_cli.evaluation.predict import load_subject
+from reft_cli.evaluation.predict import load_for_eval
 from reft_cli.training.reporting import LOG_NAME, TrainerLog
 from reft_cli.training.run_dir import holds_a_run
 from reft_cli.training.trainer import Trainer
@@ -77,7 +77,7 @@ def run_smoke(
 
     batch = collate(trainer.data.train[:4], trainer.setup.tokenizer.pad_token_id)
     trained = trainer.accelerator.unwrap_model(trainer.model).eval()
-    reloaded = load_subject(out, ModelConfig())
+    reloaded = load_for_eval(out, ModelConfig())
     with torch.no_grad():
         before = trained(
             batch["input_ids"], batch["attention_mask"], prompt_lengths=batch["prompt_lengths"]

@@ -85,7 +85,11 @@ def build(run: RunConfig) -> Setup:
         num_labels=run.model.num_labels,
         seed=run.train.seed,
     )
-    extra = {"num_labels": data.num_labels} if run.model.task_type == "seq_cls" else {}
+    extra: dict[str, Any] = (
+        {"num_labels": data.num_labels} if run.model.task_type == "seq_cls" else {}
+    )
+    if run.model.device_map is not None:  # accelerate keeps a dispatched model where it is
+        extra["device_map"] = run.model.device_map
     base = load_model(
         run.model.name_or_path,
         task_type=run.model.task_type,

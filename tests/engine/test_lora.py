@@ -11,21 +11,22 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from reft_cli import ReftConfig, get_reft_model
-from reft_cli.config.schema import ModelConfig, RunConfig, load_config
+from reft_cli.config.schema import GenerateConfig, ModelConfig, RunConfig, load_config
 from reft_cli.config.validation import ConfigError
 from reft_cli.engine.adapter_io import current_umask
 from reft_cli.engine.base_models import load_model, load_tokenizer
+from reft_cli.engine.loading import load_adapters
 from reft_cli.engine.lora import LoraModel
+from reft_cli.engine.reft_model import BASE
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.evaluate import EvalOptions, run_eval
-from reft_cli.evaluation.predict import generate_texts, load_subject
-from reft_cli.generation.mixed import BASE
-from reft_cli.generation.session import GenerateOptions, Session
+from reft_cli.evaluation.predict import generate_texts, load_for_eval
+from reft_cli.generation.answers import Answerer
+from reft_cli.generation.frontends import parse_adapter_specs
 from reft_cli.interop.export import export_adapter
 from reft_cli.training.trainer import Trainer, build
-from tests.conftest import quick_train, tiny_model_dir
-
 from tests.cli.test_cli import reft
+from tests.conftest import quick_train, tiny_model_dir
 
 QUIET = Console(quiet=True)
 ROWS = [{"prompt": f"say {w}", "response": f"{w} {w}!"} for w in "abcdefghijklmnop"]
@@ -229,7 +230,7 @@ def test_saved_then_loaded_gives_identical_logits(root, trained):
     with torch.no_grad():
         before = model(ids, mask).logits
         loaded = LoraModel.from_pretrained(out)(ids, mask).logits
-        subject = load_subject(out, ModelConfig())
+        subject = load_for_eval(out, ModelConfig())
         through_eval = subject.logits(
             {"input_ids": ids, "attention_mask": mask, "prompt_lengths": mask.sum(1)}
         )
@@ -299,14 +300,14 @@ def test_eval_scores_a_lora_folder(strong, tmp_path):
     weights = (strong / "adapter_model.safetensors").read_bytes()
     assert report["adapter"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     predictions = [json.loads(x) for x in (tmp_path / "predictions" / "boolq.jsonl").open()]
-    subject = load_subject(strong, ModelConfig())
+    subject = load_for_eval(strong, ModelConfig())
     prompts = [subject.tokenizer(p["prompt"])["input_ids"] for p in predictions]
     assert [p["generation"] for p in predictions] == generate_texts(subject, prompts, 16, 4)
 
 
 def test_generate_answers_with_the_lora_and_apart_with_the_base(root, strong):
-    session = Session.load([str(strong)], None, raw=False)
-    options = GenerateOptions(max_new_tokens=5)
+    session = Answerer(load_adapters(parse_adapter_specs([str(strong)])))
+    options = GenerateConfig(max_new_tokens=5)
     rows = [{"prompt": "say a"}, {"prompt": "say bcd"}, {"prompt": "say e"}]
     names = ["default", BASE, "default"]
     mixed = session.answer(names, rows, options)
@@ -341,7 +342,7 @@ def test_reft_only_features_refuse_a_lora_folder(root, strong, tmp_path):
     config = ReftConfig.for_layers([0], 3, rank=2, base_model=str(root / "llama"))
     get_reft_model(load_model(str(root / "llama")), config).save_pretrained(tmp_path / "reft")
     with pytest.raises(ReftError, match=r"is a LoRA adapter.*generate with it alone"):
-        Session.load([f"a={tmp_path / 'reft'}", f"b={strong}"], None, raw=False)
+        load_adapters(parse_adapter_specs([f"a={tmp_path / 'reft'}", f"b={strong}"]))
     for format in ("pyreft", "hub"):
         with pytest.raises(ReftError, match="is a LoRA adapter; export writes ReFT adapters only"):
             export_adapter(strong, format, tmp_path / format)

@@ -11,13 +11,13 @@ from rich.console import Console
 
 from reft_cli import ReftConfig, ReftModel, get_reft_model
 from reft_cli.engine.base_models import load_model, load_tokenizer
+from reft_cli.engine.loading import LoadedModel
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.evaluate import EvalOptions, plan_eval, run_eval
-from reft_cli.evaluation.predict import Subject, generate_texts
+from reft_cli.evaluation.predict import generate_texts
 from reft_cli.evaluation.scorers import score_commonsense
-from tests.conftest import tiny_model_dir
-
 from tests.cli.test_cli import reft
+from tests.conftest import tiny_model_dir
 
 QUIET = Console(quiet=True)
 QUESTIONS = ["is the sky blue", "can fish fly", "is water wet and also quite cold in winter", "x"]
@@ -125,7 +125,7 @@ def test_default_output_folder_is_inside_the_adapter(setup):
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time(setup):
     _, model_dir, adapter, _ = setup
     model = ReftModel.from_pretrained(adapter).eval()
-    subject = Subject(model, load_tokenizer(str(model_dir)))
+    subject = LoadedModel(model, load_tokenizer(str(model_dir)))
     prompts = [subject.tokenizer(r["instruction"] + "\n")["input_ids"] for r in BOOLQ]
     assert len({len(p) for p in prompts}) == len(prompts)  # lengths differ, so batches pad
     batched = generate_texts(subject, prompts, batch_size=4, max_new_tokens=5)
@@ -254,7 +254,7 @@ def test_bad_data_fails_before_the_model_loads(setup, tmp_path, monkeypatch):
     def never(*_):
         raise AssertionError("the model was loaded before the data was checked")
 
-    monkeypatch.setattr("reft_cli.evaluation.evaluate.load_subject", never)
+    monkeypatch.setattr("reft_cli.evaluation.evaluate.load_for_eval", never)
     with pytest.raises(ReftError, match=r"task piqa: dataset .* lacks column"):
         evaluate(adapter=adapter, tasks=[f"piqa={rows}"], output=tmp_path)
     assert not (tmp_path / "eval_results.json").exists()

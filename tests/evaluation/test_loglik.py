@@ -13,13 +13,13 @@ from transformers.modeling_outputs import CausalLMOutput
 from reft_cli import ReftModel
 from reft_cli.config.schema import ConfigError, load_config
 from reft_cli.engine.base_models import load_model, load_tokenizer
+from reft_cli.engine.loading import LoadedModel
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.evaluate import EvalOptions, plan_eval, run_eval
 from reft_cli.evaluation.loglik import choose, continuation_logliks, encode_requests
-from reft_cli.evaluation.predict import Subject
+from tests.cli.test_cli import reft
 from tests.conftest import BOS, byte_tokenizer, tiny_model_dir
 
-from tests.cli.test_cli import reft
 from .test_evaluate import BOOLQ, QUIET, read_predictions, save_adapter, write_jsonl
 
 QUESTIONS = ["is the sky blue", "can fish fly", "is water wet and also quite cold in winter", "x"]
@@ -81,7 +81,7 @@ def requests_for(tokenizer, items=ITEMS):
 def test_logliks_equal_the_hand_sum_batched_or_one_at_a_time(setup):
     _, model_dir, _ = setup
     model, tokenizer = load_model(str(model_dir)).eval(), load_tokenizer(str(model_dir))
-    subject = Subject(model, tokenizer)
+    subject = LoadedModel(model, tokenizer)
     requests = requests_for(tokenizer)
     assert len({len(r.context) + len(r.continuation) for r in requests}) > 3  # batches pad
     batched = continuation_logliks(subject, requests, batch_size=4)
@@ -102,12 +102,12 @@ def test_with_an_adapter_the_context_positions_are_edited(setup):
     _, model_dir, adapter = setup
     model, tokenizer = ReftModel.from_pretrained(adapter).eval(), load_tokenizer(str(model_dir))
     requests = requests_for(tokenizer)
-    batched = continuation_logliks(Subject(model, tokenizer), requests, batch_size=4)
+    batched = continuation_logliks(LoadedModel(model, tokenizer), requests, batch_size=4)
     pairs = option_pairs(ITEMS)
     expected = [by_hand(model, tokenizer, *pair, adapter=True) for pair in pairs]
     assert batched == pytest.approx(expected, abs=1e-5)
     with model.disable_adapter():
-        base = continuation_logliks(Subject(model, tokenizer), requests, batch_size=4)
+        base = continuation_logliks(LoadedModel(model, tokenizer), requests, batch_size=4)
     assert min(abs(a - b) for a, b in zip(batched, base, strict=True)) > 1e-3
 
 
@@ -140,7 +140,7 @@ def test_acc_norm_prefers_the_likelier_character_when_lengths_differ():
     # p(a) = e^-1, p(b) = e^-3, the rest spread over the other tokens.
     probs = torch.full((259,), (1 - math.exp(-1) - math.exp(-3)) / 257, dtype=torch.float64)
     probs[a], probs[b] = math.exp(-1), math.exp(-3)
-    subject = Subject(FixedDistribution(probs.log().float()), tokenizer)
+    subject = LoadedModel(FixedDistribution(probs.log().float()), tokenizer)
     items = [mc_item(["Q:"] * 2, ["b", "aaaa"], gold=1)]
     logliks = continuation_logliks(subject, encode_requests(tokenizer, items, 64)[0], 2)
     assert logliks == pytest.approx([-3.0, -4.0], abs=1e-5)
@@ -198,7 +198,7 @@ def test_loglik_refuses_rows_without_options_before_loading_the_model(setup, tmp
     def never(*_):
         raise AssertionError("the model was loaded before the data was checked")
 
-    monkeypatch.setattr("reft_cli.evaluation.evaluate.load_subject", never)
+    monkeypatch.setattr("reft_cli.evaluation.evaluate.load_for_eval", never)
     with pytest.raises(ReftError, match="LLM-Adapters rows") as err:
         run_eval(EvalOptions(adapter=adapter, tasks=[f"boolq={data}"], scoring="loglik"), QUIET)
     assert "\n" not in str(err.value)

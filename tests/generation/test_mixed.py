@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from reft_cli import ReftConfig, get_reft_model
+from reft_cli import ReftConfig, ReftModel, get_reft_model
 from reft_cli.errors import ReftError
 from tests.conftest import VOCAB, tiny_model
 
@@ -51,7 +51,7 @@ def test_edits_reach_generation_and_decode_steps_are_unedited():
     assert not torch.equal(model.generate(prompt, **GREEDY), base)
     # A decode step re-editing its one token would differ from the full recompute reference,
     # which is what test_cached_greedy_equals_full_recompute checks; here: hooks are idle after.
-    assert model._positions is None
+    assert model._plan is None
 
 
 def left_padded(rows):
@@ -92,33 +92,67 @@ def test_generate_in_training_mode_is_refused():
         model.generate(prompts()[0][None], **GREEDY)
 
 
-def test_mixed_adapters_in_one_batch_equal_each_adapter_alone():
-    from reft_cli import ReftModel
-    from reft_cli.generation.mixed import generate
-
-    first = adapter(share_weights=True, positions="f2+l2")
-    base = first.model
-    second = ReftModel(base, ReftConfig.for_layers([1], 3, rank=2, positions="l1"))
-    torch.manual_seed(9)
+def _strong(model, name, seed):
+    torch.manual_seed(seed)
     with torch.no_grad():
-        for p in second.interventions.parameters():
+        for p in model.adapters[name].parameters():
             p.normal_(std=1.0)
-    second.eval()
-    adapters = {"a": first, "b": second}
-    rows = prompts()
-    names = ["a", "b", "base"]
+
+
+SPECS = {  # three adapters that differ in layers, positions, tying and rank
+    "a": dict(layers=[0, 2], rank=2, positions="f2+l2", share_weights=True),
+    "b": dict(layers=[1], rank=2, positions="l1", share_weights=True),
+    "c": dict(layers=[0, 1], rank=3, positions="f1+l2", share_weights=False),
+}
+
+
+def test_mixed_adapters_in_one_batch_equal_each_adapter_alone():
+    """3 adapters + base in one batch through one ReftModel give exactly each one's own answer,
+    computed on a separate base model holding that adapter alone."""
+    model = ReftModel(tiny_model("llama"), ReftConfig.for_layers(num_layers=3, **SPECS["a"]), "a")
+    _strong(model, "a", 1)
+    for seed, name in enumerate(("b", "c"), start=2):
+        model.add_adapter(name, ReftConfig.for_layers(num_layers=3, **SPECS[name]))
+        _strong(model, name, seed)
+    model.eval()
+    torch.manual_seed(11)
+    rows = [torch.randint(3, VOCAB, (n,)) for n in (7, 4, 9, 6, 5)]
+    names = ["a", "b", "base", "c", "a"]
     ids, mask = left_padded(rows)
-    mixed = generate(adapters, ids, mask, names, **GREEDY)[:, ids.shape[1] :]
+    mixed = model.generate(ids, mask, adapter_names=names, **GREEDY)[:, ids.shape[1] :]
     for i, (row, name) in enumerate(zip(rows, names, strict=True)):
+        own_base = tiny_model("llama")  # the same seed: the same weights, another object
         if name == "base":
-            with first.disable_adapter(), second.disable_adapter():
-                alone = base.generate(row[None], **GREEDY)
+            alone = own_base.generate(row[None], **GREEDY)
         else:
-            with (second if name == "a" else first).disable_adapter():
-                alone = adapters[name].generate(row[None], **GREEDY)
+            single = ReftModel(own_base, ReftConfig.for_layers(num_layers=3, **SPECS[name]))
+            single.adapters["default"].load_state_dict(model.adapters[name].state_dict())
+            alone = single.eval().generate(row[None], **GREEDY)
         assert torch.equal(mixed[i], alone[0, len(row) :]), name
-    with pytest.raises(ReftError, match="unknown adapter name 'c'"):
-        generate(adapters, ids, mask, ["a", "c", "base"], **GREEDY)
-    first.train()
+    with pytest.raises(ReftError, match="unknown adapter name 'd'"):
+        model.generate(ids, mask, adapter_names=["a", "d", "base", "c", "a"], **GREEDY)
+    with pytest.raises(ReftError, match="adapter_names has 2 entries for a batch of 5"):
+        model.generate(ids, mask, adapter_names=["a", "b"], **GREEDY)
+    model.train()
     with pytest.raises(ReftError, match="eval mode"):
-        generate(adapters, ids, mask, names, **GREEDY)
+        model.generate(ids, mask, adapter_names=names, **GREEDY)
+
+
+def test_a_row_named_for_one_adapter_gets_none_of_the_others_edits():
+    model = ReftModel(tiny_model("llama"), ReftConfig.for_layers(num_layers=3, **SPECS["a"]), "a")
+    model.add_adapter("b", ReftConfig.for_layers(num_layers=3, **SPECS["b"]))
+    _strong(model, "a", 1)
+    _strong(model, "b", 2)
+    model.eval()
+    ids, mask = left_padded(prompts())
+    lengths = mask.sum(1)
+    with torch.no_grad():
+        only_a = model(ids, mask, prompt_lengths=lengths, adapter_names=["a"] * 3).logits
+        model.delete_adapter("b")
+        after = model(ids, mask, prompt_lengths=lengths, adapter_names=["a"] * 3).logits
+        base = model(ids, mask, prompt_lengths=lengths, adapter_names=["base"] * 3).logits
+        with model.disable_adapter():
+            plain = model(ids, mask, prompt_lengths=lengths).logits
+    assert torch.equal(only_a, after)
+    assert torch.equal(base, plain)
+    assert not torch.allclose(only_a, base)
