@@ -152,10 +152,16 @@ class LoadedModel:
         return out.logits
 
 
-def read_records(adapters: Mapping[str, Path]) -> dict[str, Record]:
-    """Each folder's record, read once; a LoRA folder must be the only one."""
+def read_records(
+    adapters: Mapping[str, Path], known: Mapping[str, Record] | None = None
+) -> dict[str, Record]:
+    """Each folder's record, read once (`known` ones are not read again); a LoRA folder must be
+    the only one."""
     records: dict[str, Record] = {}
     for name, path in adapters.items():
+        if known is not None and name in known:
+            records[name] = known[name]
+            continue
         if not Path(path).is_dir():
             raise ReftError(f"adapter folder {path} does not exist")
         records[name] = load_adapter_config(Path(path))
@@ -174,12 +180,16 @@ def load_adapters(
     base_model: str | None = None,
     placement: Placement = Placement(),
     trust_remote_code: bool = False,
+    records: Mapping[str, Record] | None = None,
 ) -> LoadedModel:
-    """Named adapter folders on one base model (theirs, or `base_model`), in eval mode."""
+    """Named adapter folders on one base model (theirs, or `base_model`), in eval mode.
+
+    `records` are folders' records the caller has already read, so no file is read twice.
+    """
     if not adapters:
         raise ReftError("give at least one adapter folder")
     device = _target(placement)
-    records = read_records(adapters)
+    records = read_records(adapters, records)
     names = {r.base_model for r in records.values()}
     if base_model is None and len(names) > 1:
         raise ReftError(
@@ -206,7 +216,7 @@ def load_adapters(
     if isinstance(first, LoraAdapterConfig):
         from reft_cli.engine.lora import LoraModel  # PEFT, imported only for a LoRA folder
 
-        model: nn.Module = LoraModel.from_pretrained(adapters[first_name], base)
+        model: nn.Module = LoraModel.from_pretrained(adapters[first_name], base, config=first)
     else:
         model = ReftModel(base, records[first_name], first_name)  # type: ignore[arg-type]
         model.load_adapter_weights(adapters[first_name] / WEIGHTS_NAME)

@@ -137,13 +137,18 @@ class LoraModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, adapter_dir: str | Path, base_model: nn.Module | None = None, **load_kwargs: Any
+        cls,
+        adapter_dir: str | Path,
+        base_model: nn.Module | None = None,
+        config: LoraAdapterConfig | None = None,
+        **load_kwargs: Any,
     ) -> LoraModel:
-        """A LoRA folder on `base_model`, or on the model its reft_lora.json names, in eval mode."""
+        """A LoRA folder on `base_model`, or on the model its reft_lora.json names, in eval mode
+        (`config`: its reft_lora.json, when the caller has read it already)."""
         adapter_dir = Path(adapter_dir)
         if not adapter_dir.is_dir():
             raise ReftError(f"adapter folder {adapter_dir} does not exist")
-        config = LoraAdapterConfig.load(adapter_dir)
+        config = config or LoraAdapterConfig.load(adapter_dir)
         weights = adapter_dir / PEFT_WEIGHTS_NAME
         load_tensors(weights)  # missing or corrupt: say so before loading the base model
         if not (adapter_dir / PEFT_CONFIG_NAME).is_file():

@@ -38,7 +38,7 @@ from rich.table import Table
 from reft_cli.config.schema import DataConfig
 from reft_cli.engine.adapter_io import atomic_write_text
 from reft_cli.engine.loading import LoadedModel
-from reft_cli.engine.lora_config import adapter_files, load_adapter_config
+from reft_cli.engine.lora_config import adapter_files
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.loglik import choose, continuation_logliks, encode_requests
 from reft_cli.evaluation.plan import EvalOptions, EvalPlan, plan_eval
@@ -291,7 +291,11 @@ def run_eval(options: EvalOptions, console: Console) -> dict[str, Any]:
     prepared = _prepare(plan)
     glue = [ref.task.num_labels for ref in plan.tasks if ref.task.kind == "glue"]
     subject = load_for_eval(
-        plan.adapter, plan.run.model, glue[0] if glue else None, device=plan.device
+        plan.adapter,
+        plan.run.model,
+        glue[0] if glue else None,
+        device=plan.device,
+        record=plan.record,
     )
     for item in prepared:
         _check_kind(subject, item.ref)
@@ -313,8 +317,8 @@ def run_eval(options: EvalOptions, console: Console) -> dict[str, Any]:
 
 
 def _base(plan: EvalPlan) -> str:
-    if plan.adapter is not None:
-        return load_adapter_config(plan.adapter).base_model or "?"
+    if plan.record is not None:
+        return plan.record.base_model or "?"
     return plan.run.model.name_or_path
 
 

@@ -63,6 +63,7 @@ class EvalPlan:
     output: Path
     scoring: str = "generate"  # loglik: multiple-choice options by log-likelihood
     device: str = "auto"
+    record: ReftConfig | LoraAdapterConfig | None = None  # the adapter's, read once
 
 
 # ---------------------------------------------------------------------------- planning
@@ -73,11 +74,15 @@ def plan_eval(options: EvalOptions) -> EvalPlan:
     resolve_device(options.device)  # an unusable --device fails before any data loads
     if options.no_adapter and options.adapter is not None and options.config is not None:
         raise ReftError("pass --adapter or --no-adapter, not both, when a config is given")
-    run, config_path = _run_config(options)
+    given = load_adapter_config(options.adapter) if options.adapter is not None else None
+    run, config_path = _run_config(options, given)
     adapter = _adapter_dir(options, run)
-    if adapter is not None and config_path is not None:
-        _check_agreement(load_adapter_config(adapter), run, adapter, config_path)
-    template = _template(adapter, run, config_path)
+    record = None
+    if adapter is not None:  # each adapter record is read once, here, and travels in the plan
+        record = given if adapter == options.adapter else load_adapter_config(adapter)
+    if record is not None and config_path is not None:
+        _check_agreement(record, run, adapter, config_path)
+    template = _template(record, run, config_path)
     has_config = config_path is not None
     split = options.split or (run.eval.split if has_config else "test")
     parse_split_spec(split)
@@ -103,6 +108,7 @@ def plan_eval(options: EvalOptions) -> EvalPlan:
         output=output,
         scoring=scoring,
         device=options.device,
+        record=record,
     )
 
 
@@ -123,7 +129,9 @@ def _check_scoring(scoring: str, tasks: Sequence[TaskRef]) -> None:
             )
 
 
-def _run_config(options: EvalOptions) -> tuple[RunConfig, Path | None]:
+def _run_config(
+    options: EvalOptions, given: ReftConfig | LoraAdapterConfig | None
+) -> tuple[RunConfig, Path | None]:
     if options.config is not None:
         return load_config(options.config, list(options.overrides)), options.config
     if options.overrides:
@@ -133,7 +141,8 @@ def _run_config(options: EvalOptions) -> tuple[RunConfig, Path | None]:
             "nothing to evaluate: give a config (reft eval configs/NAME.yaml) or an adapter "
             "(reft eval --adapter DIR)"
         )
-    reft = load_adapter_config(options.adapter)
+    reft = given
+    assert reft is not None
     for folder in _config_folders(options.adapter):
         if (folder / TRAINING_CONFIG).is_file():
             return load_config(folder / TRAINING_CONFIG), folder / TRAINING_CONFIG
@@ -188,9 +197,9 @@ def _same_model(a: str | None, b: str) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
-def _template(adapter: Path | None, run: RunConfig, config_path: Path | None) -> str | None:
-    if adapter is not None:
-        recorded = load_adapter_config(adapter).prompt_template
-        if recorded is not None:
-            return recorded
+def _template(
+    record: ReftConfig | LoraAdapterConfig | None, run: RunConfig, config_path: Path | None
+) -> str | None:
+    if record is not None and record.prompt_template is not None:
+        return record.prompt_template
     return run.data.template if config_path is not None else None

@@ -17,7 +17,9 @@ import torch
 
 from reft_cli.config.schema import ModelConfig
 from reft_cli.data.examples import Example, collate, left_padded
+from reft_cli.engine.adapter_config import ReftConfig
 from reft_cli.engine.loading import LoadedModel, Placement, load_adapters, load_base
+from reft_cli.engine.lora_config import LoraAdapterConfig
 
 __all__ = ["classify", "generate_texts", "length_sorted_batches", "load_for_eval"]
 
@@ -29,6 +31,7 @@ def load_for_eval(
     base: ModelConfig,
     num_labels: int | None = None,
     device: str = "auto",
+    record: ReftConfig | LoraAdapterConfig | None = None,
 ) -> LoadedModel:
     """`adapter` on the base model it names, or (None) the model `base` describes, in eval mode.
 
@@ -38,7 +41,8 @@ def load_for_eval(
     """
     if adapter is not None:
         placement = Placement(device=device, device_map=base.device_map)
-        return load_adapters({"default": adapter}, placement=placement)
+        records = {"default": record} if record is not None else None
+        return load_adapters({"default": adapter}, placement=placement, records=records)
     placement = Placement(device=device, device_map=base.device_map, dtype=base.dtype)
     return load_base(
         base.name_or_path,

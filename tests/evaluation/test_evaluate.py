@@ -115,6 +115,17 @@ def test_results_and_predictions_are_written_and_consistent(setup, tmp_path):
     assert task["score"] == sum(p["correct"] for p in predictions) / 3
 
 
+def test_an_eval_run_reads_the_adapter_record_once(setup, tmp_path, monkeypatch):
+    _, _, adapter, data = setup
+    reads = []
+    real = ReftConfig.load.__func__
+    monkeypatch.setattr(
+        ReftConfig, "load", classmethod(lambda cls, d: reads.append(d) or real(cls, d))
+    )
+    evaluate(adapter=adapter, tasks=[f"boolq={data}"], limit=1, output=tmp_path)
+    assert reads == [adapter]
+
+
 def test_default_output_folder_is_inside_the_adapter(setup):
     _, _, adapter, data = setup
     evaluate(adapter=adapter, tasks=[f"boolq={data}"], limit=1)
