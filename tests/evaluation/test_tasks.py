@@ -15,10 +15,10 @@ from reft_cli.config.splits import parse_split
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.loglik import OPTION_KEYS
 from reft_cli.evaluation.scorers import parse_number, score_gsm8k
+from reft_cli.evaluation.task_formats import adapters_row
 from reft_cli.evaluation.tasks import (
     COMMONSENSE,
     TASKS,
-    adapters_row,
     get_task,
     load_task_rows,
     parse_task_refs,
