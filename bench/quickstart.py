@@ -32,7 +32,7 @@ def end_to_end(out: Path, epochs: int, optimized: bool, threads: int | None) -> 
     import torch
     from rich.console import Console
 
-    from reft_cli.config.schema import load_config
+    from reft_cli.config.reader import load_config
     from reft_cli.engine.base_models import load_tokenizer
     from reft_cli.engine.reft_model import ReftModel
     from reft_cli.training.trainer import Trainer

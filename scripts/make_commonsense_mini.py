@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reft_cli.config.schema import load_config
+from reft_cli.config.reader import load_config
 from reft_cli.evaluation.tasks import COMMONSENSE, adapters_row, load_task_rows, parse_task_refs
 
 ROWS = 100  # per set; ARC-Challenge's validation split has 299 rows, 199 stay held out

@@ -21,7 +21,7 @@ def train(
       reft train configs/emoji.yaml train.num_train_epochs=40 train.output_dir=out/emoji-40
       reft train configs/emoji.yaml --dry-run
     """
-    from reft_cli.config.schema import load_config
+    from reft_cli.config.reader import load_config
 
     run = load_config(config_path(config), overrides or [])
     if dry_run:

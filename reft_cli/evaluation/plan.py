@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reft_cli.config.schema import SCORINGS, DataConfig, ModelConfig, RunConfig, load_config
+from reft_cli.config.reader import load_config
+from reft_cli.config.schema import SCORINGS, DataConfig, ModelConfig, RunConfig
 from reft_cli.config.splits import parse_split_spec
 from reft_cli.config.validation import did_you_mean
 from reft_cli.engine.adapter_config import ReftConfig

@@ -8,7 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
-from reft_cli.config.schema import GenerateConfig, load_config
+from reft_cli.config.reader import load_config
+from reft_cli.config.schema import GenerateConfig
 from reft_cli.engine.loading import Placement, load_adapters
 from reft_cli.errors import ReftError
 from reft_cli.generation.answers import Answerer

@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from reft_cli.config.schema import ConfigError, RunConfig, load_config
+from reft_cli.config.reader import load_config
+from reft_cli.config.schema import ConfigError, RunConfig
 from reft_cli.config.shipped import find_config
 from reft_cli.config.validation import NON_NEGATIVE, build, option, rule
 from reft_cli.errors import ReftError

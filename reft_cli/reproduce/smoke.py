@@ -16,7 +16,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from reft_cli.config.schema import ModelConfig, load_config
+from reft_cli.config.reader import load_config
+from reft_cli.config.schema import ModelConfig
 from reft_cli.config.shipped import find_config
 from reft_cli.config.validation import ConfigError
 from reft_cli.data.examples import collate

@@ -4,7 +4,8 @@ import pytest
 from rich.console import Console
 from rich.panel import Panel
 
-from reft_cli.config.schema import ConfigError, RunConfig, load_config, render_problems
+from reft_cli.config.reader import load_config
+from reft_cli.config.schema import ConfigError, RunConfig, render_problems
 from reft_cli.engine.adapter_config import InterventionConfig
 from reft_cli.errors import ReftError
 

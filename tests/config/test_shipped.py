@@ -15,7 +15,7 @@ from rich.console import Console
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from reft_cli import get_reft_model
-from reft_cli.config.schema import load_config
+from reft_cli.config.reader import load_config
 from reft_cli.data.templates import make_template
 from reft_cli.engine.base_models import load_model
 from reft_cli.evaluation.evaluate import EvalOptions, run_eval

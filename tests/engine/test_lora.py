@@ -11,7 +11,8 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from reft_cli import ReftConfig, get_reft_model
-from reft_cli.config.schema import GenerateConfig, ModelConfig, RunConfig, load_config
+from reft_cli.config.reader import load_config
+from reft_cli.config.schema import GenerateConfig, ModelConfig, RunConfig
 from reft_cli.config.validation import ConfigError
 from reft_cli.engine.adapter_io import current_umask
 from reft_cli.engine.base_models import load_model, load_tokenizer

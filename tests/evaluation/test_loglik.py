@@ -11,7 +11,8 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
 from reft_cli import ReftModel
-from reft_cli.config.schema import ConfigError, load_config
+from reft_cli.config.reader import load_config
+from reft_cli.config.schema import ConfigError
 from reft_cli.engine.base_models import load_model, load_tokenizer
 from reft_cli.engine.loading import LoadedModel
 from reft_cli.errors import ReftError

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from reft_cli.config.schema import load_config
+from reft_cli.config.reader import load_config
 from reft_cli.evaluation import evaluate
 from reft_cli.evaluation.evaluate import EvalOptions, run_eval
 from reft_cli.evaluation.tasks import TASKS

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reft_cli.config.schema import load_config
+from reft_cli.config.reader import load_config
 from reft_cli.config.splits import parse_split
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.loglik import OPTION_KEYS
