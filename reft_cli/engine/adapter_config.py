@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reft_cli.engine.folder_names import CONFIG_NAME
 from reft_cli.engine.interventions import INTERVENTIONS
 from reft_cli.engine.positions import PositionSpec
 from reft_cli.errors import ReftError
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "reft_config.json"
 COMPONENTS = ("block_output", "block_input", "attention_output", "mlp_output")
 TASK_TYPES = ("causal_lm", "seq_cls")
 

@@ -12,8 +12,6 @@ from safetensors.torch import load_file, save_file
 
 from reft_cli.errors import ReftError
 
-WEIGHTS_NAME = "reft_model.safetensors"
-
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see half a file."""

@@ -17,21 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from reft_cli.engine.adapter_config import (
-    CONFIG_NAME,
     FORMAT_VERSION,
     TASK_TYPES,
     ReftConfig,
     from_dict,
     read_config_json,
 )
-from reft_cli.engine.adapter_io import WEIGHTS_NAME, atomic_write_text
+from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.engine.folder_names import (
+    CONFIG_NAME,
+    LORA_CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+)
 from reft_cli.errors import ReftError
-
-LORA_CONFIG_NAME = "reft_lora.json"
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_MARKERS = (CONFIG_NAME, LORA_CONFIG_NAME)
-"""A folder holding either file is an adapter (each is written last, after the weights)."""
 
 
 @dataclass

@@ -12,7 +12,8 @@ from pathlib import Path
 from torch import Tensor
 
 from reft_cli.engine.adapter_config import ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME, load_tensors
+from reft_cli.engine.adapter_io import load_tensors
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from reft_cli.engine.interventions import build_intervention
 from reft_cli.engine.reft_model import HEAD_PREFIX, INTERVENTION_PREFIX
 from reft_cli.errors import ReftError
@@ -83,12 +84,12 @@ class NativeAdapter:
         unexpected = sorted(found - set(expected))
         if missing or unexpected:
             raise ReftError(
-                f"{path} does not match its reft_config.json (missing {missing[:3]}, unexpected "
+                f"{path} does not match its {CONFIG_NAME} (missing {missing[:3]}, unexpected "
                 f"{unexpected[:3]}); the adapter is corrupt"
             )
         for name, shape in expected.items():
             if tuple(self.tensors[name].shape) != shape:
                 raise ReftError(
                     f"{path}: {name} has shape {tuple(self.tensors[name].shape)}, expected {shape} "
-                    "from reft_config.json; the adapter is corrupt"
+                    f"from {CONFIG_NAME}; the adapter is corrupt"
                 )

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from reft_cli.engine.adapter_config import ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME, load_matching_tensors, save_tensors
+from reft_cli.engine.adapter_io import load_matching_tensors, save_tensors
 from reft_cli.engine.architecture import Architecture
+from reft_cli.engine.folder_names import WEIGHTS_NAME
 from reft_cli.engine.interventions import Intervention, Rotation, build_intervention
 from reft_cli.engine.positions import Positions, compute_positions
 from reft_cli.errors import ReftError

@@ -37,6 +37,12 @@ from rich.table import Table
 
 from reft_cli.config.schema import DataConfig
 from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.engine.folder_names import (
+    ALPACA_EVAL_NAME,
+    PREDICTIONS_DIR,
+    RESULTS_NAME,
+    predictions_name,
+)
 from reft_cli.engine.lora_config import adapter_files, load_adapter_config
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.loglik import choose, continuation_logliks, encode_requests
@@ -53,8 +59,6 @@ from reft_cli.metrics import glue_metrics
 
 __all__ = ["EvalOptions", "TaskResult", "evaluate_task", "plan_eval", "results_table", "run_eval"]
 
-RESULTS_NAME = "eval_results.json"
-ALPACA_EVAL_NAME = "alpaca_eval.json"
 _SCORERS = {"commonsense": score_commonsense, "math": score_math, "gsm8k": score_gsm8k}
 
 
@@ -369,7 +373,7 @@ def _report(
 def _write(plan: EvalPlan, report: dict[str, Any], results: list[TaskResult]) -> None:
     for result in results:
         lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
-        atomic_write_text(plan.output / "predictions" / f"{result.name}.jsonl", lines)
+        atomic_write_text(plan.output / PREDICTIONS_DIR / predictions_name(result.name), lines)
         if result.name == "alpaca_eval":
             generator = plan.adapter.name if plan.adapter is not None else _base(plan)
             records = [

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from reft_cli.engine.adapter_config import CONFIG_NAME, InterventionConfig, ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME
+from reft_cli.engine.adapter_config import InterventionConfig, ReftConfig
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from reft_cli.engine.interventions import orthonormal_rows
 from reft_cli.engine.native_adapter import NativeAdapter
 from reft_cli.engine.positions import PositionSpec

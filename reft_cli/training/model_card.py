@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from reft_cli.config.schema import RunConfig
 from reft_cli.engine.adapter_config import ReftConfig
 from reft_cli.engine.adapter_io import atomic_write_text
-from reft_cli.training.reporting import PLOT_NAME, RunSummary
+from reft_cli.engine.folder_names import CARD_NAME, LOG_NAME, PLOT_NAME, TRAINING_CONFIG_NAME
+from reft_cli.training.reporting import RunSummary
 
 if TYPE_CHECKING:
     from reft_cli.engine.lora import LoraModel
@@ -46,7 +47,7 @@ def write_model_card(
             f'from reft_cli import ReftModel\n\nmodel = ReftModel.from_pretrained("{directory}")'
         ),
     ]
-    atomic_write_text(directory / "README.md", "\n".join(lines))
+    atomic_write_text(directory / CARD_NAME, "\n".join(lines))
 
 
 def write_lora_card(directory: Path, run: RunConfig, model: LoraModel, summary: RunSummary) -> None:
@@ -72,7 +73,7 @@ def write_lora_card(directory: Path, run: RunConfig, model: LoraModel, summary: 
             f'model = LoraModel.from_pretrained("{directory}")  # or peft.PeftModel.from_pretrained'
         ),
     ]
-    atomic_write_text(directory / "README.md", "\n".join(lines))
+    atomic_write_text(directory / CARD_NAME, "\n".join(lines))
 
 
 def _training_rows(run: RunConfig, summary: RunSummary) -> list[str]:
@@ -102,6 +103,6 @@ def _use(code: str) -> list[str]:
         code,
         "```",
         "",
-        "The full training config is in `training_config.yaml`; per-step logs in `trainer_log.jsonl`.",
+        f"The full training config is in `{TRAINING_CONFIG_NAME}`; per-step logs in `{LOG_NAME}`.",
         "",
     ]

@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from reft_cli.engine.adapter_io import atomic_write_text, save_tensors
+from reft_cli.engine.folder_names import OPTIMIZER_NAME, RNG_NAME, TRAINING_STATE_NAME
 from reft_cli.errors import ReftError
 
 try:
@@ -36,9 +37,6 @@ try:
 except ImportError:  # numpy is optional; without it there is no NumPy stream to keep
     np = None
 
-OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng.safetensors"
-STATE_FILE = "training_state.json"
 OTHER_PROCESSES = "rng_other_processes"  # the JSON key of processes 1.. in a multi-process run
 FORMAT_VERSION = 1
 RESUME_ADVICE = "resume from an earlier checkpoint or start a new run"
@@ -129,9 +127,9 @@ def save_training_state(
         state[OTHER_PROCESSES] = _encode(others, "process", rng_tensors)
     text = json.dumps(state, indent=2) + "\n"  # before any write: progress.extra may not be JSON
     metadata = {"format": "pt", "reft_format_version": str(FORMAT_VERSION)}
-    save_tensors(directory / OPTIMIZER_FILE, optimizer_tensors, metadata)
-    save_tensors(directory / RNG_FILE, rng_tensors, metadata)
-    atomic_write_text(directory / STATE_FILE, text)
+    save_tensors(directory / OPTIMIZER_NAME, optimizer_tensors, metadata)
+    save_tensors(directory / RNG_NAME, rng_tensors, metadata)
+    atomic_write_text(directory / TRAINING_STATE_NAME, text)
 
 
 def load_training_state(
@@ -144,9 +142,9 @@ def load_training_state(
     """Restore optimizer, scheduler and this process's RNG streams in place; every file is read
     and checked first."""
     directory = Path(directory)
-    optimizer_tensors = _read_tensors(directory / OPTIMIZER_FILE)
-    rng_tensors = _read_tensors(directory / RNG_FILE)
-    path = directory / STATE_FILE
+    optimizer_tensors = _read_tensors(directory / OPTIMIZER_NAME)
+    rng_tensors = _read_tensors(directory / RNG_NAME)
+    path = directory / TRAINING_STATE_NAME
     raw = _read_json(path)
     try:
         if raw["format_version"] > FORMAT_VERSION:

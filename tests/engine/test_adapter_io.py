@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reft_cli import ReftConfig, ReftModel, get_reft_model
-from reft_cli.engine.adapter_config import CONFIG_NAME
-from reft_cli.engine.adapter_io import WEIGHTS_NAME, current_umask
+from reft_cli.engine.adapter_io import current_umask
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from reft_cli.errors import ReftError
 from tests.conftest import VOCAB, tiny_model
 
