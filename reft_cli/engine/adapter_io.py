@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -43,20 +44,45 @@ def load_matching_tensors(
     the error ends with `advice`.
     """
     tensors = load_tensors(path)
+    check_tensors(
+        tensors,
+        {name: tuple(target.shape) for name, target in expected.items()},
+        source=path,
+        described_by=described_by,
+        advice=advice,
+        shape_advice="the adapter does not fit this base model",
+    )
+    return tensors
+
+
+def check_tensors(
+    tensors: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    source: str | Path,
+    described_by: str,
+    advice: str,
+    shape_advice: str,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse adapter tensors unless they have exactly the names and shapes in `expected`.
+
+    The one check of saved or imported adapter tensors, run before any is copied. A name mismatch
+    says that `source` does not match `described_by` (what sets the names) and ends with `advice`;
+    a wrong shape names the tensor (by `labels`, else `source: name`) and ends with `shape_advice`.
+    """
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ReftError(
-            f"{path} does not match {described_by} (missing {missing[:3]}, unexpected "
+            f"{source} does not match {described_by} (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); {advice}"
         )
-    for name, target in expected.items():
-        if tensors[name].shape != target.shape:
-            raise ReftError(
-                f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected "
-                f"{tuple(target.shape)}; the adapter does not fit this base model"
-            )
-    return tensors
+    for name, shape in expected.items():
+        found = tuple(tensors[name].shape)
+        if found != tuple(shape):
+            label = labels.get(name, name) if labels is not None else f"{source}: {name}"
+            raise ReftError(f"{label} has shape {found}, expected {tuple(shape)}; {shape_advice}")
 
 
 def current_umask() -> int:
