@@ -35,6 +35,7 @@ __all__ = [
     "LoadedData",
     "build_examples",
     "collate",
+    "label_ids",
     "label_names_of",
     "load_data",
     "load_rows",
@@ -287,13 +288,24 @@ def _labels(
                 "regression, or use class ids or names"
             )
         return [int(v) for v in values]
+    return label_ids(values, label_names, f" in column {column!r}", "training")
+
+
+def label_ids(
+    values: Sequence[Any], label_names: Sequence[str] | None, where: str, whose: str
+) -> list[int]:
+    """String labels to class ids, in the order of `label_names` (default: the values, sorted).
+
+    Training and evaluation share it so that a name gets the same id in both. A label outside
+    `label_names` is an error that names it, `where` it was found and `whose` labels it missed.
+    """
     names = list(label_names) if label_names is not None else sorted({str(v) for v in values})
     ids = {name: i for i, name in enumerate(names)}
     unknown = sorted({str(v) for v in values} - set(ids))
     if unknown:
         raise ReftError(
-            f"labels {', '.join(unknown[:5])} in column {column!r} are not among the training "
-            f"labels ({', '.join(names)})"
+            f"labels {', '.join(unknown[:5])}{where} are not among the {whose} labels "
+            f"({', '.join(names)})"
         )
     return [ids[str(v)] for v in values]
 

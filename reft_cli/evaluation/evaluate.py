@@ -36,6 +36,7 @@ from rich.progress import (
 from rich.table import Table
 
 from reft_cli.config.schema import DataConfig
+from reft_cli.data.examples import label_ids
 from reft_cli.engine.adapter_io import atomic_write_text
 from reft_cli.engine.folder_names import (
     ALPACA_EVAL_NAME,
@@ -254,14 +255,7 @@ def _score_glue(
         names = None
         if subject.has_adapter:
             names = subject.model.reft_config.tokenizer.get("label_names")
-        names = names or sorted({str(g) for g in golds})
-        unknown = sorted({str(g) for g in golds} - set(names))
-        if unknown:
-            raise ReftError(
-                f"task {task.name}: labels {', '.join(unknown[:5])} are not among the adapter's "
-                f"labels ({', '.join(names)})"
-            )
-        golds = [names.index(str(g)) for g in golds]
+        golds = label_ids(golds, names or None, f" of task {task.name}", "adapter's")
     regression = task.num_labels == 1
     if not regression:
         preds = [int(p) for p in preds]
