@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reft_cli.errors import ReftError
+from reft_cli.errors import ReftError, first_line
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -24,15 +26,37 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+ADAPTER_ADVICE = "re-save the adapter or use an earlier checkpoint"
+
+
+def load_tensors(
+    path: Path, advice: str = ADAPTER_ADVICE, missing: str | None = None
+) -> dict[str, torch.Tensor]:
+    """A safetensors file, never unpickled; a missing or unreadable one is a one-line error.
+
+    `missing` replaces the message for an absent file; `advice` ends the message for a corrupt one.
+    """
     if not path.is_file():
-        raise ReftError(f"{path.parent} is not a complete reft adapter: {path.name} is missing")
+        raise ReftError(
+            missing or f"{path.parent} is not a complete reft adapter: {path.name} is missing"
+        )
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
+        raise ReftError(f"{path} is corrupt ({first_line(err)}); {advice}") from err
+
+
+def read_json_object(path: Path, advice: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; an unreadable one is a one-line error ending in `advice`."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ReftError(
-            f"{path} is corrupt ({err}); re-save the adapter or use an earlier checkpoint"
+            f"{path} is corrupt: it is not valid JSON ({first_line(err)}); {advice}"
         ) from err
+    if not isinstance(data, dict):
+        raise ReftError(f"{path} is corrupt: it must hold a JSON object; {advice}")
+    return data
 
 
 def load_matching_tensors(

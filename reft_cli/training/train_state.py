@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from reft_cli.engine.adapter_io import atomic_write_text, save_tensors
+from reft_cli.engine.adapter_io import (
+    atomic_write_text,
+    load_tensors,
+    read_json_object,
+    save_tensors,
+)
 from reft_cli.engine.folder_names import OPTIMIZER_NAME, RNG_NAME, TRAINING_STATE_NAME
-from reft_cli.errors import ReftError
+from reft_cli.errors import ReftError, first_line
 
 try:
     import numpy as np
@@ -158,14 +161,14 @@ def load_training_state(
         rng_states = {0: _decode(raw["rng"], rng_tensors)}
         rng_states |= _decode(raw.get(OTHER_PROCESSES, {}), rng_tensors)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ReftError(f"{path} is corrupt ({_one_line(err)}); {RESUME_ADVICE}") from err
+        raise ReftError(f"{path} is corrupt ({first_line(err)}); {RESUME_ADVICE}") from err
     try:
         optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(scheduler_state)
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ReftError(
             f"the optimizer state in {directory} does not fit this run's trainable parameters "
-            f"({_one_line(err)}); resume with the config that wrote it or start a new run"
+            f"({first_line(err)}); resume with the config that wrote it or start a new run"
         ) from err
     if len(rng_states) != num_processes:
         warnings.warn(
@@ -231,29 +234,18 @@ def _progress(data: dict[str, Any]) -> Progress:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ReftError(f"{path} is missing, so the run cannot resume from it; {RESUME_ADVICE}")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ReftError(f"{path} is corrupt ({_one_line(err)}); {RESUME_ADVICE}") from err
+    return load_tensors(path, RESUME_ADVICE, missing=_missing(path))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ReftError(f"{path} is missing, so the run cannot resume from it; {RESUME_ADVICE}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ReftError(f"{path} is corrupt ({_one_line(err)}); {RESUME_ADVICE}") from err
-    if not isinstance(data, dict):
-        raise ReftError(f"{path} is corrupt (not a JSON object); {RESUME_ADVICE}")
-    return data
+        raise ReftError(_missing(path))
+    return read_json_object(path, RESUME_ADVICE)
+
+
+def _missing(path: Path) -> str:
+    return f"{path} is missing, so the run cannot resume from it; {RESUME_ADVICE}"
 
 
 def _join(prefix: str, key: object) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
