@@ -31,7 +31,7 @@ from reft_cli.engine.folder_names import (
     PEFT_WEIGHTS_NAME,
     WEIGHTS_NAME,
 )
-from reft_cli.errors import ReftError
+from reft_cli.errors import ReftError, check_choice
 
 
 @dataclass
@@ -49,10 +49,7 @@ class LoraAdapterConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.task_type not in TASK_TYPES:
-            raise ReftError(
-                f"unknown task_type {self.task_type!r}; choose one of {', '.join(TASK_TYPES)}"
-            )
+        check_choice("task_type", self.task_type, TASK_TYPES)
 
     def save(self, directory: Path) -> None:
         text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"

@@ -23,7 +23,7 @@ from reft_cli.engine.folder_names import (
 from reft_cli.engine.lora_config import is_lora_adapter
 from reft_cli.engine.native_adapter import NativeAdapter
 from reft_cli.engine.staged_dir import refuse_existing, staged_dir
-from reft_cli.errors import ReftError, first_line
+from reft_cli.errors import ReftError, check_choice, first_line
 from reft_cli.interop.hub_card import eval_results_path, render_card
 from reft_cli.interop.pyreft_format import (
     CONFIG_FILE,
@@ -64,8 +64,7 @@ def export_adapter(
     license: str | None = None,
 ) -> ExportResult:
     """Write ADAPTER as `format` into OUT, then push OUT to the hub when asked."""
-    if format not in FORMATS:
-        raise ReftError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    check_choice("export format", format, FORMATS)
     if is_lora_adapter(adapter):
         raise ReftError(
             f"{adapter} is a LoRA adapter; export writes ReFT adapters only, and this folder is "
