@@ -36,7 +36,7 @@ from rich.progress import (
 from rich.table import Table
 
 from reft_cli.config.schema import DataConfig
-from reft_cli.data.examples import label_ids
+from reft_cli.data.labels import label_ids
 from reft_cli.engine.adapter_io import atomic_write_text
 from reft_cli.engine.folder_names import (
     ALPACA_EVAL_NAME,
