@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from reft_cli.config.schema import DataConfig
 from reft_cli.config.splits import half_spec, take_split
+from reft_cli.data.labels import example_labels
 from reft_cli.data.oe_eval import REQUESTS_FILE, read_requests
 from reft_cli.data.templates import RESPONSE_COLUMNS, PromptTemplate, make_template, missing_column
 from reft_cli.errors import ReftError, first_line
@@ -237,7 +238,7 @@ def build_examples(
                 "prompt column"
             )
     if task_type == "seq_cls":
-        targets = _labels(records, data_cfg, label_names, num_labels)
+        targets = example_labels(records, data_cfg, label_names, num_labels)
         kept = [
             Example(i, ids, len(ids), label=label)
             for i, (ids, label) in enumerate(zip(prompt_ids, targets, strict=True))
@@ -261,41 +262,6 @@ def build_examples(
         labels = [IGNORE_INDEX] * len(prompt) + response
         examples.append(Example(i, prompt + response, len(prompt), labels=labels))
     return examples, len(records) - len(examples)
-
-
-def _labels(
-    records: Sequence[Mapping[str, Any]],
-    data_cfg: DataConfig,
-    label_names: Sequence[str] | None,
-    num_labels: int | None,
-) -> list[int | float]:
-    column = data_cfg.columns.get("label", "label")
-    if column not in records[0]:
-        raise missing_column([column], "label", list(records[0]))
-    values = [row[column] for row in records]
-    if num_labels == 1:
-        try:
-            return [float(v) for v in values]
-        except (TypeError, ValueError) as err:
-            raise ReftError(
-                f"model.num_labels is 1 (regression) but column {column!r} is not numeric: {err}"
-            ) from err
-    if not any(isinstance(v, str) for v in values):
-        if any(v is None or int(v) != v for v in values):
-            raise ReftError(
-                f"column {column!r} holds non-integer labels; set model.num_labels=1 for "
-                "regression, or use class ids or names"
-            )
-        return [int(v) for v in values]
-    names = list(label_names) if label_names is not None else sorted({str(v) for v in values})
-    ids = {name: i for i, name in enumerate(names)}
-    unknown = sorted({str(v) for v in values} - set(ids))
-    if unknown:
-        raise ReftError(
-            f"labels {', '.join(unknown[:5])} in column {column!r} are not among the training "
-            f"labels ({', '.join(names)})"
-        )
-    return [ids[str(v)] for v in values]
 
 
 # ---------------------------------------------------------------------------- splitting, loading

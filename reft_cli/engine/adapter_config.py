@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reft_cli.engine.adapter_io import ADAPTER_ADVICE, read_json_object
+from reft_cli.engine.folder_names import CONFIG_NAME
 from reft_cli.engine.interventions import INTERVENTIONS
 from reft_cli.engine.positions import PositionSpec
-from reft_cli.errors import ReftError
+from reft_cli.errors import ReftError, check_choice
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "reft_config.json"
 COMPONENTS = ("block_output", "block_input", "attention_output", "mlp_output")
 TASK_TYPES = ("causal_lm", "seq_cls")
 
@@ -36,14 +37,8 @@ class InterventionConfig:
     add_bias: bool = False
 
     def validate(self) -> None:
-        if self.type not in INTERVENTIONS:
-            raise ReftError(
-                f"unknown intervention type {self.type!r}; choose one of {', '.join(INTERVENTIONS)}"
-            )
-        if self.component not in COMPONENTS:
-            raise ReftError(
-                f"unknown component {self.component!r}; choose one of {', '.join(COMPONENTS)}"
-            )
+        check_choice("intervention type", self.type, INTERVENTIONS)
+        check_choice("component", self.component, COMPONENTS)
         if self.rank < 1:
             raise ReftError(f"rank must be a positive integer, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
@@ -75,10 +70,7 @@ class ReftConfig:
             else from_dict(InterventionConfig, iv, "intervention")
             for iv in self.interventions
         ]
-        if self.task_type not in TASK_TYPES:
-            raise ReftError(
-                f"unknown task_type {self.task_type!r}; choose one of {', '.join(TASK_TYPES)}"
-            )
+        check_choice("task_type", self.task_type, TASK_TYPES)
         if not self.interventions and self.task_type != "seq_cls":  # a probe is a head alone
             raise ReftError("an adapter needs at least one intervention")
         for iv in self.interventions:
@@ -132,12 +124,7 @@ class ReftConfig:
 
 def read_config_json(path: Path) -> dict[str, Any]:
     """An adapter's JSON record as a dict; a newer format_version warns (reft may be too old)."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReftError(f"{path} is not valid JSON ({err}); the adapter is corrupt") from err
-    if not isinstance(data, dict):
-        raise ReftError(f"{path} must hold a JSON object; the adapter is corrupt")
+    data = read_json_object(path, ADAPTER_ADVICE)
     version = data.get("format_version", FORMAT_VERSION)
     if isinstance(version, int) and version > FORMAT_VERSION:
         warnings.warn(

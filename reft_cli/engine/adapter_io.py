@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reft_cli.errors import ReftError
-
-WEIGHTS_NAME = "reft_model.safetensors"
+from reft_cli.errors import ReftError, first_line
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -25,15 +26,37 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+ADAPTER_ADVICE = "re-save the adapter or use an earlier checkpoint"
+
+
+def load_tensors(
+    path: Path, advice: str = ADAPTER_ADVICE, missing: str | None = None
+) -> dict[str, torch.Tensor]:
+    """A safetensors file, never unpickled; a missing or unreadable one is a one-line error.
+
+    `missing` replaces the message for an absent file; `advice` ends the message for a corrupt one.
+    """
     if not path.is_file():
-        raise ReftError(f"{path.parent} is not a complete reft adapter: {path.name} is missing")
+        raise ReftError(
+            missing or f"{path.parent} is not a complete reft adapter: {path.name} is missing"
+        )
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
+        raise ReftError(f"{path} is corrupt ({first_line(err)}); {advice}") from err
+
+
+def read_json_object(path: Path, advice: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; an unreadable one is a one-line error ending in `advice`."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ReftError(
-            f"{path} is corrupt ({err}); re-save the adapter or use an earlier checkpoint"
+            f"{path} is corrupt: it is not valid JSON ({first_line(err)}); {advice}"
         ) from err
+    if not isinstance(data, dict):
+        raise ReftError(f"{path} is corrupt: it must hold a JSON object; {advice}")
+    return data
 
 
 def load_matching_tensors(
@@ -45,20 +68,45 @@ def load_matching_tensors(
     the error ends with `advice`.
     """
     tensors = load_tensors(path)
+    check_tensors(
+        tensors,
+        {name: tuple(target.shape) for name, target in expected.items()},
+        source=path,
+        described_by=described_by,
+        advice=advice,
+        shape_advice="the adapter does not fit this base model",
+    )
+    return tensors
+
+
+def check_tensors(
+    tensors: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    source: str | Path,
+    described_by: str,
+    advice: str,
+    shape_advice: str,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse adapter tensors unless they have exactly the names and shapes in `expected`.
+
+    The one check of saved or imported adapter tensors, run before any is copied. A name mismatch
+    says that `source` does not match `described_by` (what sets the names) and ends with `advice`;
+    a wrong shape names the tensor (by `labels`, else `source: name`) and ends with `shape_advice`.
+    """
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ReftError(
-            f"{path} does not match {described_by} (missing {missing[:3]}, unexpected "
+            f"{source} does not match {described_by} (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); {advice}"
         )
-    for name, target in expected.items():
-        if tensors[name].shape != target.shape:
-            raise ReftError(
-                f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected "
-                f"{tuple(target.shape)}; the adapter does not fit this base model"
-            )
-    return tensors
+    for name, shape in expected.items():
+        found = tuple(tensors[name].shape)
+        if found != tuple(shape):
+            label = labels.get(name, name) if labels is not None else f"{source}: {name}"
+            raise ReftError(f"{label} has shape {found}, expected {tuple(shape)}; {shape_advice}")
 
 
 def current_umask() -> int:

@@ -26,7 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from reft_cli.errors import ReftError
+from reft_cli.errors import ReftError, check_choice
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -115,8 +115,7 @@ def load_model(
     """A transformers model for `name` (alias, hub id or folder), in eval mode."""
     if not name:
         raise ReftError("no base model given and the adapter does not name one; pass --base-model")
-    if dtype not in DTYPES:
-        raise ReftError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_choice("dtype", dtype, DTYPES)
     path, extra = resolve(name)
     auto = AutoModelForSequenceClassification if task_type == "seq_cls" else AutoModelForCausalLM
     try:

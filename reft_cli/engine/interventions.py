@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
-from reft_cli.errors import ReftError
+from reft_cli.errors import ReftError, check_choice
 
 INTERVENTIONS: dict[str, type[Intervention]] = {}
 
@@ -188,9 +188,6 @@ def build_intervention(
     add_bias: bool = False,
 ) -> Intervention:
     """An fp32 intervention of the named type; an unknown name lists the registered ones."""
-    if type_name not in INTERVENTIONS:
-        raise ReftError(
-            f"unknown intervention type {type_name!r}; choose one of {', '.join(INTERVENTIONS)}"
-        )
+    check_choice("intervention type", type_name, INTERVENTIONS)
     cls = INTERVENTIONS[type_name]
     return cls(embed_dim, rank, dropout=dropout, act_fn=act_fn, add_bias=add_bias).float()

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from reft_cli.engine.adapter_config import ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME
 from reft_cli.engine.base_models import load_model, load_tokenizer
+from reft_cli.engine.folder_names import WEIGHTS_NAME
 from reft_cli.engine.lora_config import LoraAdapterConfig, load_adapter_config
 from reft_cli.engine.reft_model import BASE, ReftModel
 from reft_cli.errors import ReftError

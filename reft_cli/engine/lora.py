@@ -27,11 +27,8 @@ from torch import Tensor, nn
 
 from reft_cli.engine.adapter_io import give_usual_mode, load_matching_tensors, load_tensors
 from reft_cli.engine.base_models import load_model
-from reft_cli.engine.lora_config import (
-    PEFT_CONFIG_NAME,
-    PEFT_WEIGHTS_NAME,
-    LoraAdapterConfig,
-)
+from reft_cli.engine.folder_names import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
+from reft_cli.engine.lora_config import LoraAdapterConfig
 from reft_cli.errors import ReftError, first_line
 
 PEFT_TASK_TYPES = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}

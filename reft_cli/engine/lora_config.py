@@ -17,21 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from reft_cli.engine.adapter_config import (
-    CONFIG_NAME,
     FORMAT_VERSION,
     TASK_TYPES,
     ReftConfig,
     from_dict,
     read_config_json,
 )
-from reft_cli.engine.adapter_io import WEIGHTS_NAME, atomic_write_text
-from reft_cli.errors import ReftError
-
-LORA_CONFIG_NAME = "reft_lora.json"
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_MARKERS = (CONFIG_NAME, LORA_CONFIG_NAME)
-"""A folder holding either file is an adapter (each is written last, after the weights)."""
+from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.engine.folder_names import (
+    CONFIG_NAME,
+    LORA_CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+)
+from reft_cli.errors import ReftError, check_choice
 
 
 @dataclass
@@ -49,10 +49,7 @@ class LoraAdapterConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.task_type not in TASK_TYPES:
-            raise ReftError(
-                f"unknown task_type {self.task_type!r}; choose one of {', '.join(TASK_TYPES)}"
-            )
+        check_choice("task_type", self.task_type, TASK_TYPES)
 
     def save(self, directory: Path) -> None:
         text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"

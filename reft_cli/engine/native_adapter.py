@@ -13,7 +13,8 @@ from torch import Tensor
 
 from reft_cli.engine.adapter import INTERVENTION_PREFIX
 from reft_cli.engine.adapter_config import ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME, load_tensors
+from reft_cli.engine.adapter_io import check_tensors, load_tensors
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from reft_cli.engine.interventions import build_intervention
 from reft_cli.engine.reft_model import HEAD_PREFIX
 from reft_cli.errors import ReftError
@@ -70,7 +71,6 @@ class NativeAdapter:
         return sum(v.numel() for v in self.head.values())
 
     def _check(self) -> None:
-        path = self.folder / WEIGHTS_NAME
         expected: dict[str, tuple[int, ...]] = {}
         for index, site in enumerate(self.config.interventions):
             module = build_intervention(
@@ -79,17 +79,11 @@ class NativeAdapter:
             for group in self.groups:
                 for name, value in module.state_dict().items():
                     expected[f"{INTERVENTION_PREFIX}{index}.{group}.{name}"] = tuple(value.shape)
-        found = {k for k in self.tensors if not k.startswith(HEAD_PREFIX)}
-        missing = sorted(set(expected) - found)
-        unexpected = sorted(found - set(expected))
-        if missing or unexpected:
-            raise ReftError(
-                f"{path} does not match its reft_config.json (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}); the adapter is corrupt"
-            )
-        for name, shape in expected.items():
-            if tuple(self.tensors[name].shape) != shape:
-                raise ReftError(
-                    f"{path}: {name} has shape {tuple(self.tensors[name].shape)}, expected {shape} "
-                    "from reft_config.json; the adapter is corrupt"
-                )
+        check_tensors(
+            {k: v for k, v in self.tensors.items() if not k.startswith(HEAD_PREFIX)},
+            expected,
+            source=self.folder / WEIGHTS_NAME,
+            described_by=f"its {CONFIG_NAME}",
+            advice="the adapter is corrupt",
+            shape_advice=f"it disagrees with {CONFIG_NAME}: the adapter is corrupt",
+        )

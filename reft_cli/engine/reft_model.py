@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from reft_cli.engine.adapter import BASE, Adapter, Plan, rows_plan
 from reft_cli.engine.adapter_config import ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME, load_matching_tensors, save_tensors
+from reft_cli.engine.adapter_io import load_matching_tensors, save_tensors
 from reft_cli.engine.architecture import Architecture
+from reft_cli.engine.folder_names import WEIGHTS_NAME
 from reft_cli.engine.positions import Positions
 from reft_cli.engine.site_hooks import Site, SiteHooks, edit_positions
 from reft_cli.errors import ReftError

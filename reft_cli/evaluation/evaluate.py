@@ -36,7 +36,14 @@ from rich.progress import (
 from rich.table import Table
 
 from reft_cli.config.schema import DataConfig
+from reft_cli.data.labels import label_ids
 from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.engine.folder_names import (
+    ALPACA_EVAL_NAME,
+    PREDICTIONS_DIR,
+    RESULTS_NAME,
+    predictions_name,
+)
 from reft_cli.engine.loading import LoadedModel
 from reft_cli.engine.lora_config import adapter_files
 from reft_cli.errors import ReftError
@@ -54,8 +61,6 @@ from reft_cli.metrics import glue_metrics
 
 __all__ = ["EvalOptions", "TaskResult", "evaluate_task", "plan_eval", "results_table", "run_eval"]
 
-RESULTS_NAME = "eval_results.json"
-ALPACA_EVAL_NAME = "alpaca_eval.json"
 _SCORERS = {"commonsense": score_commonsense, "math": score_math, "gsm8k": score_gsm8k}
 
 
@@ -251,14 +256,7 @@ def _score_glue(
         names = None
         if subject.has_adapter:
             names = subject.model.reft_config.tokenizer.get("label_names")
-        names = names or sorted({str(g) for g in golds})
-        unknown = sorted({str(g) for g in golds} - set(names))
-        if unknown:
-            raise ReftError(
-                f"task {task.name}: labels {', '.join(unknown[:5])} are not among the adapter's "
-                f"labels ({', '.join(names)})"
-            )
-        golds = [names.index(str(g)) for g in golds]
+        golds = label_ids(golds, names or None, f" of task {task.name}", "adapter's")
     regression = task.num_labels == 1
     if not regression:
         preds = [int(p) for p in preds]
@@ -376,7 +374,7 @@ def _report(
 def _write(plan: EvalPlan, report: dict[str, Any], results: list[TaskResult]) -> None:
     for result in results:
         lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
-        atomic_write_text(plan.output / "predictions" / f"{result.name}.jsonl", lines)
+        atomic_write_text(plan.output / PREDICTIONS_DIR / predictions_name(result.name), lines)
         if result.name == "alpaca_eval":
             generator = plan.adapter.name if plan.adapter is not None else _base(plan)
             records = [

@@ -19,15 +19,18 @@ from reft_cli.config.schema import SCORINGS, DataConfig, ModelConfig, RunConfig
 from reft_cli.config.splits import parse_split_spec
 from reft_cli.config.validation import did_you_mean
 from reft_cli.engine.adapter_config import ReftConfig
+from reft_cli.engine.folder_names import (
+    ADAPTER_MARKERS,
+    CHECKPOINT_PATTERN,
+    EVAL_DIR,
+    TRAINING_CONFIG_NAME,
+)
 from reft_cli.engine.loading import resolve_device
-from reft_cli.engine.lora_config import ADAPTER_MARKERS, LoraAdapterConfig, load_adapter_config
+from reft_cli.engine.lora_config import LoraAdapterConfig, load_adapter_config
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.tasks import TASKS, TaskRef, parse_task_refs
-from reft_cli.training.run_dir import CHECKPOINT
 
-__all__ = ["TRAINING_CONFIG", "EvalOptions", "EvalPlan", "plan_eval"]
-
-TRAINING_CONFIG = "training_config.yaml"  # written beside each adapter by `reft train`
+__all__ = ["EvalOptions", "EvalPlan", "plan_eval"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def plan_eval(options: EvalOptions) -> EvalPlan:
     if options.output is not None:
         output = options.output
     elif adapter is not None:
-        output = adapter / "eval"
+        output = adapter / EVAL_DIR
     else:
         output = (options.adapter or Path(run.train.output_dir)) / "eval-base"
     scoring = options.scoring or run.eval.scoring
@@ -145,8 +148,8 @@ def _run_config(
     reft = given
     assert reft is not None
     for folder in _config_folders(options.adapter):
-        if (folder / TRAINING_CONFIG).is_file():
-            return load_config(folder / TRAINING_CONFIG), folder / TRAINING_CONFIG
+        if (folder / TRAINING_CONFIG_NAME).is_file():
+            return load_config(folder / TRAINING_CONFIG_NAME), folder / TRAINING_CONFIG_NAME
     model = ModelConfig(name_or_path=reft.base_model or "", task_type=reft.task_type)
     return RunConfig(
         model=model, data=DataConfig(template=reft.prompt_template or "{prompt}")
@@ -155,7 +158,7 @@ def _run_config(
 
 def _config_folders(adapter: Path) -> list[Path]:
     """The adapter folder, then the run folder around a checkpoint-<step> folder."""
-    return [adapter, adapter.parent] if CHECKPOINT.fullmatch(adapter.name) else [adapter]
+    return [adapter, adapter.parent] if CHECKPOINT_PATTERN.fullmatch(adapter.name) else [adapter]
 
 
 def _adapter_dir(options: EvalOptions, run: RunConfig) -> Path | None:

@@ -11,13 +11,20 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reft_cli.engine.adapter_config import CONFIG_NAME
-from reft_cli.engine.adapter_io import WEIGHTS_NAME
+from reft_cli.engine.folder_names import (
+    CARD_NAME,
+    CONFIG_NAME,
+    LOG_NAME,
+    PLOT_NAME,
+    RESULTS_NAME,
+    TRAINING_CONFIG_NAME,
+    WEIGHTS_NAME,
+)
 from reft_cli.engine.lora_config import is_lora_adapter
 from reft_cli.engine.native_adapter import NativeAdapter
 from reft_cli.engine.staged_dir import refuse_existing, staged_dir
-from reft_cli.errors import ReftError, first_line
-from reft_cli.interop.hub_card import CARD_NAME, eval_results_path, render_card
+from reft_cli.errors import ReftError, check_choice, first_line
+from reft_cli.interop.hub_card import eval_results_path, render_card
 from reft_cli.interop.pyreft_format import (
     CONFIG_FILE,
     HEAD_FILE,
@@ -29,12 +36,9 @@ from reft_cli.interop.pyreft_format import (
     to_pyreft_state,
     write_state_file,
 )
-from reft_cli.training.reporting import LOG_NAME, PLOT_NAME
 
 FORMATS = ("pyreft", "hub")
-TRAINING_CONFIG = "training_config.yaml"
-EVAL_RESULTS = "eval_results.json"
-HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, TRAINING_CONFIG, LOG_NAME, PLOT_NAME)
+HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, TRAINING_CONFIG_NAME, LOG_NAME, PLOT_NAME)
 
 
 @dataclass
@@ -60,8 +64,7 @@ def export_adapter(
     license: str | None = None,
 ) -> ExportResult:
     """Write ADAPTER as `format` into OUT, then push OUT to the hub when asked."""
-    if format not in FORMATS:
-        raise ReftError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    check_choice("export format", format, FORMATS)
     if is_lora_adapter(adapter):
         raise ReftError(
             f"{adapter} is a LoRA adapter; export writes ReFT adapters only, and this folder is "
@@ -159,7 +162,7 @@ def write_hub(
                 shutil.copyfile(native.folder / name, tmp / name)
         results = eval_results_path(native.folder)
         if results is not None:
-            shutil.copyfile(results, tmp / EVAL_RESULTS)
+            shutil.copyfile(results, tmp / RESULTS_NAME)
         (tmp / CARD_NAME).write_text(card.text)
         files = sorted(p.name for p in tmp.iterdir())
     return ExportResult(out, files, card.notes)

@@ -16,11 +16,18 @@ from typing import Any
 
 import yaml
 
+from reft_cli.engine.folder_names import (
+    CARD_NAME,
+    CONFIG_NAME,
+    EVAL_DIR,
+    LOG_NAME,
+    PLOT_NAME,
+    RESULTS_NAME,
+    TRAINING_CONFIG_NAME,
+)
 from reft_cli.engine.native_adapter import NativeAdapter
 from reft_cli.errors import ReftError
-from reft_cli.training.reporting import LOG_NAME, PLOT_NAME
 
-CARD_NAME = "README.md"
 # reft's embedded model aliases: their hub ids and licenses.
 KNOWN_BASES = {
     "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
@@ -65,7 +72,7 @@ def render_card(
     if hub_id is None:
         notes.append(
             f"the base model {base} is not a hub model: users of this folder need it too (set "
-            "base_model in reft_config.json to a hub id before publishing)"
+            f"base_model in {CONFIG_NAME} to a hub id before publishing)"
         )
     total = base_parameter_count(native)
     if total is None:
@@ -134,7 +141,7 @@ def _parameters(native: NativeAdapter, total: int | None) -> str:
 
 
 def _training(folder: Path) -> str:
-    path = folder / "training_config.yaml"
+    path = folder / TRAINING_CONFIG_NAME
     if not path.is_file():
         return ""
     try:
@@ -161,7 +168,7 @@ def _training(folder: Path) -> str:
             *rows,
             "",
             *curve,
-            "The full resolved config is in `training_config.yaml`.",
+            f"The full resolved config is in `{TRAINING_CONFIG_NAME}`.",
         ]
     )
 
@@ -300,7 +307,7 @@ def base_parameter_count(native: NativeAdapter) -> int | None:
 
 def eval_results_path(folder: Path) -> Path | None:
     """`eval_results.json` in the adapter folder, or in `eval/` where `reft eval` writes it."""
-    for path in (folder / "eval_results.json", folder / "eval" / "eval_results.json"):
+    for path in (folder / RESULTS_NAME, folder / EVAL_DIR / RESULTS_NAME):
         if path.is_file():
             return path
     return None

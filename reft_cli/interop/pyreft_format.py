@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from reft_cli.engine.adapter_config import COMPONENTS
+from reft_cli.engine.adapter_io import read_json_object
 from reft_cli.engine.interventions import orthonormal_rows
 from reft_cli.errors import ReftError
 
@@ -173,12 +174,7 @@ def read_config(folder: Path) -> tuple[list[Site], list[int | None]]:
             f"reft_model.load_intervention('{folder}', include_model=True), then "
             "reft_model.save('NEW_DIR') and import NEW_DIR"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReftError(f"{path} is not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ReftError(f"{path} must hold a JSON object")
+    data = read_json_object(path, "save the adapter again with pyreft")
     reps = data.get("representations")
     classes = data.get("intervention_types")
     if not isinstance(reps, list) or not reps:

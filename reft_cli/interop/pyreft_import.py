@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from reft_cli.engine.adapter import INTERVENTION_PREFIX
-from reft_cli.engine.adapter_config import CONFIG_NAME, InterventionConfig, ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME
+from reft_cli.engine.adapter_config import InterventionConfig, ReftConfig
+from reft_cli.engine.adapter_io import check_tensors
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from reft_cli.engine.interventions import orthonormal_rows
 from reft_cli.engine.native_adapter import NativeAdapter
 from reft_cli.engine.positions import PositionSpec
@@ -375,14 +376,12 @@ def _agrees(state: dict[str, Tensor], side: dict[str, Tensor]) -> bool:
 
 def _check_shapes(model: ReftModel, state: dict[str, Tensor], files: dict[str, str]) -> None:
     """Every tensor has the shape the base model needs, and none is missing or extra."""
-    expected = model.trainable_state()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:  # the layout is built from the same entries: a bug if it happens
-        raise ReftError(f"internal: imported weights missing {missing[:3]}, extra {unexpected[:3]}")
-    for key, target in expected.items():
-        if state[key].shape != target.shape:
-            raise ReftError(
-                f"{files.get(key, key)} has shape {tuple(state[key].shape)}, but the base model "
-                f"needs {tuple(target.shape)}; import it onto the base model it was trained on"
-            )
+    check_tensors(
+        state,
+        {name: tuple(target.shape) for name, target in model.trainable_state().items()},
+        source="the imported weights",
+        described_by="the layout built from the pyreft files",  # built from the same entries
+        advice="this is a bug in `reft import`; please report it",
+        shape_advice="import it onto the base model it was trained on",
+        labels=files,
+    )

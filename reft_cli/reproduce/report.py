@@ -16,6 +16,14 @@ from typing import Any
 from rich.table import Table
 
 from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.engine.folder_names import (
+    EVAL_DIR,
+    REPORT_JSON_NAME,
+    REPORT_MARKDOWN_NAME,
+    REPORT_PLOT_NAME,
+    RESULTS_NAME,
+    TRAIN_DONE_NAME,
+)
 from reft_cli.reproduce.recipes import AVERAGE, Expectation, Recipe
 
 __all__ = ["Outcome", "RecipeReport", "Stat", "build_report", "write_report"]
@@ -190,9 +198,9 @@ def build_report(recipe: Recipe) -> RecipeReport:
 
 def write_report(recipe: Recipe, report: RecipeReport) -> None:
     root = recipe.output_dir
-    atomic_write_text(root / "report.md", report.markdown())
-    atomic_write_text(root / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
-    _plot(report, root / "report.png")
+    atomic_write_text(root / REPORT_MARKDOWN_NAME, report.markdown())
+    atomic_write_text(root / REPORT_JSON_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
+    _plot(report, root / REPORT_PLOT_NAME)
 
 
 def _collect(recipe: Recipe, name: str) -> RunResults:
@@ -201,7 +209,7 @@ def _collect(recipe: Recipe, name: str) -> RunResults:
     values: dict[tuple[str, str], list[float]] = {}
     for seed in run.seeds:
         folder = recipe.output_dir / name / f"seed{seed}"
-        results = folder / "eval" / "eval_results.json"
+        results = folder / EVAL_DIR / RESULTS_NAME
         if not results.is_file():
             continue
         data = json.loads(results.read_text())
@@ -214,7 +222,7 @@ def _collect(recipe: Recipe, name: str) -> RunResults:
                     values.setdefault((task, metric), []).append(100 * value)
         if data.get("average") is not None:
             values.setdefault((AVERAGE, "score"), []).append(100 * data["average"])
-        trained = folder / "train.json"
+        trained = folder / TRAIN_DONE_NAME
         if trained.is_file():
             info = json.loads(trained.read_text())
             out.train_seconds += info["seconds"]

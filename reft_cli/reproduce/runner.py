@@ -22,6 +22,15 @@ from rich.console import Console
 from rich.table import Table
 
 from reft_cli.engine.adapter_io import atomic_write_text
+from reft_cli.engine.folder_names import (
+    ADAPTER_DIR,
+    EVAL_DIR,
+    RECIPE_RECORD_NAME,
+    REPORT_MARKDOWN_NAME,
+    RESULTS_NAME,
+    RUN_RECORD_NAME,
+    TRAIN_DONE_NAME,
+)
 from reft_cli.errors import ReftError
 from reft_cli.reproduce.recipes import Recipe, RecipeRun
 from reft_cli.reproduce.report import RecipeReport, build_report, write_report
@@ -29,10 +38,6 @@ from reft_cli.training.run_dir import checkpoints, holds_a_run
 
 __all__ = ["Job", "jobs", "reproduce"]
 
-TRAIN_DONE = "train.json"
-RUN_RECORD = "run.json"
-RECIPE_RECORD = "recipe.json"
-RESULTS = "eval/eval_results.json"
 # Settings that say how a run is executed, not what it computes; they may change between attempts.
 _EXECUTION_KEYS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint")
 
@@ -47,12 +52,12 @@ class Job:
 
     @property
     def adapter(self) -> Path:
-        return self.folder / "adapter"
+        return self.folder / ADAPTER_DIR
 
     def status(self) -> str:
-        if (self.folder / RESULTS).is_file():
+        if (self.folder / EVAL_DIR / RESULTS_NAME).is_file():
             return "done"
-        if not self.run.train or (self.folder / TRAIN_DONE).is_file():
+        if not self.run.train or (self.folder / TRAIN_DONE_NAME).is_file():
             return "evaluate"
         return "resume" if checkpoints(self.adapter) else "train"
 
@@ -97,13 +102,13 @@ def reproduce(
     report = build_report(recipe)
     write_report(recipe, report)
     console.print(report.table())
-    console.print(f"report: {recipe.output_dir / 'report.md'}")
+    console.print(f"report: {recipe.output_dir / REPORT_MARKDOWN_NAME}")
     return report
 
 
 def _claim(recipe: Recipe, dry_run: bool) -> None:
     """Mark the output folder as this recipe's; refuse one that holds another recipe's runs."""
-    record = recipe.output_dir / RECIPE_RECORD
+    record = recipe.output_dir / RECIPE_RECORD_NAME
     if record.is_file():
         owner = json.loads(record.read_text()).get("name")
         if owner != recipe.name:
@@ -149,7 +154,7 @@ def _check_record(recipe: Recipe, job: Job) -> None:
     """Write what the job runs with; stop if its folder was started with something else."""
     config = _resolved(recipe, job)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    record = job.folder / RUN_RECORD
+    record = job.folder / RUN_RECORD_NAME
     if record.is_file():
         if json.loads(record.read_text()).get("config_sha256") != digest:
             raise ReftError(
@@ -181,14 +186,14 @@ def _train(recipe: Recipe, job: Job, console: Console, resume: bool) -> None:
         "model_parameters": summary.model_parameters,
         "resumed": resume,
     }
-    atomic_write_text(job.folder / TRAIN_DONE, json.dumps(done, indent=2) + "\n")
+    atomic_write_text(job.folder / TRAIN_DONE_NAME, json.dumps(done, indent=2) + "\n")
 
 
 def _evaluate(recipe: Recipe, job: Job, console: Console) -> None:
     from reft_cli.evaluation.evaluate import EvalOptions, run_eval
 
     console.rule(f"evaluate {job.run.title()} — seed {job.seed}")
-    output = job.folder / "eval"
+    output = job.folder / EVAL_DIR
     if job.run.train:
         options = EvalOptions(adapter=job.adapter, output=output)
     else:

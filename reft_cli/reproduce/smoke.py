@@ -21,9 +21,10 @@ from reft_cli.config.schema import ModelConfig
 from reft_cli.config.shipped import find_config
 from reft_cli.config.validation import ConfigError
 from reft_cli.data.examples import collate
+from reft_cli.engine.folder_names import LOG_NAME
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.predict import load_for_eval
-from reft_cli.training.reporting import LOG_NAME, TrainerLog
+from reft_cli.training.reporting import TrainerLog
 from reft_cli.training.run_dir import holds_a_run
 from reft_cli.training.trainer import Trainer
 

@@ -21,9 +21,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-LOG_NAME = "trainer_log.jsonl"
-PLOT_NAME = "loss_curve.png"
-
 
 def progress_bar(console: Console, disable: bool) -> Progress:
     """Step, epoch, loss, lr, it/s and ETA on one line."""

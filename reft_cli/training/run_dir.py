@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from reft_cli.engine.adapter_config import CONFIG_NAME
-from reft_cli.engine.adapter_io import WEIGHTS_NAME
-from reft_cli.engine.lora_config import (
+from reft_cli.engine.folder_names import (
     ADAPTER_MARKERS,
+    CHECKPOINT_PATTERN,
+    CONFIG_NAME,
+    LOG_NAME,
     LORA_CONFIG_NAME,
     PEFT_CONFIG_NAME,
     PEFT_WEIGHTS_NAME,
+    TRAINING_CONFIG_NAME,
+    WEIGHTS_NAME,
+    checkpoint_name,
 )
 from reft_cli.engine.staged_dir import staged_dir
 from reft_cli.errors import ReftError
 
-CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 RUN_FILES = (
     CONFIG_NAME,
     WEIGHTS_NAME,
     LORA_CONFIG_NAME,
     PEFT_CONFIG_NAME,
     PEFT_WEIGHTS_NAME,
-    "trainer_log.jsonl",
-    "training_config.yaml",
+    LOG_NAME,
+    TRAINING_CONFIG_NAME,
 )
 
 
@@ -37,7 +39,7 @@ def checkpoints(output_dir: Path) -> list[Path]:
     found = [
         (int(m.group(1)), p)
         for p in output_dir.iterdir()
-        if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name)) and _is_adapter(p)
+        if p.is_dir() and (m := CHECKPOINT_PATTERN.fullmatch(p.name)) and _is_adapter(p)
     ]
     return [p for _, p in sorted(found)]
 
@@ -95,7 +97,7 @@ def resolve_checkpoint(output_dir: Path, resume: str) -> Path:
 
 def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None]) -> Path:
     """Fill a temporary folder with `write`, then rename it to checkpoint-<step> in one move."""
-    target = output_dir / f"checkpoint-{step}"
+    target = output_dir / checkpoint_name(step)
     with staged_dir(target, replace=True) as tmp:
         write(tmp)
     return target

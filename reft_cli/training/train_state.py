@@ -25,20 +25,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from reft_cli.engine.adapter_io import atomic_write_text, save_tensors
-from reft_cli.errors import ReftError
+from reft_cli.engine.adapter_io import (
+    atomic_write_text,
+    load_tensors,
+    read_json_object,
+    save_tensors,
+)
+from reft_cli.engine.folder_names import OPTIMIZER_NAME, RNG_NAME, TRAINING_STATE_NAME
+from reft_cli.errors import ReftError, first_line
 
 try:
     import numpy as np
 except ImportError:  # numpy is optional; without it there is no NumPy stream to keep
     np = None
 
-OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng.safetensors"
-STATE_FILE = "training_state.json"
 OTHER_PROCESSES = "rng_other_processes"  # the JSON key of processes 1.. in a multi-process run
 FORMAT_VERSION = 1
 RESUME_ADVICE = "resume from an earlier checkpoint or start a new run"
@@ -129,9 +130,9 @@ def save_training_state(
         state[OTHER_PROCESSES] = _encode(others, "process", rng_tensors)
     text = json.dumps(state, indent=2) + "\n"  # before any write: progress.extra may not be JSON
     metadata = {"format": "pt", "reft_format_version": str(FORMAT_VERSION)}
-    save_tensors(directory / OPTIMIZER_FILE, optimizer_tensors, metadata)
-    save_tensors(directory / RNG_FILE, rng_tensors, metadata)
-    atomic_write_text(directory / STATE_FILE, text)
+    save_tensors(directory / OPTIMIZER_NAME, optimizer_tensors, metadata)
+    save_tensors(directory / RNG_NAME, rng_tensors, metadata)
+    atomic_write_text(directory / TRAINING_STATE_NAME, text)
 
 
 def load_training_state(
@@ -144,9 +145,9 @@ def load_training_state(
     """Restore optimizer, scheduler and this process's RNG streams in place; every file is read
     and checked first."""
     directory = Path(directory)
-    optimizer_tensors = _read_tensors(directory / OPTIMIZER_FILE)
-    rng_tensors = _read_tensors(directory / RNG_FILE)
-    path = directory / STATE_FILE
+    optimizer_tensors = _read_tensors(directory / OPTIMIZER_NAME)
+    rng_tensors = _read_tensors(directory / RNG_NAME)
+    path = directory / TRAINING_STATE_NAME
     raw = _read_json(path)
     try:
         if raw["format_version"] > FORMAT_VERSION:
@@ -160,14 +161,14 @@ def load_training_state(
         rng_states = {0: _decode(raw["rng"], rng_tensors)}
         rng_states |= _decode(raw.get(OTHER_PROCESSES, {}), rng_tensors)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ReftError(f"{path} is corrupt ({_one_line(err)}); {RESUME_ADVICE}") from err
+        raise ReftError(f"{path} is corrupt ({first_line(err)}); {RESUME_ADVICE}") from err
     try:
         optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(scheduler_state)
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ReftError(
             f"the optimizer state in {directory} does not fit this run's trainable parameters "
-            f"({_one_line(err)}); resume with the config that wrote it or start a new run"
+            f"({first_line(err)}); resume with the config that wrote it or start a new run"
         ) from err
     if len(rng_states) != num_processes:
         warnings.warn(
@@ -233,29 +234,18 @@ def _progress(data: dict[str, Any]) -> Progress:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ReftError(f"{path} is missing, so the run cannot resume from it; {RESUME_ADVICE}")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ReftError(f"{path} is corrupt ({_one_line(err)}); {RESUME_ADVICE}") from err
+    return load_tensors(path, RESUME_ADVICE, missing=_missing(path))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ReftError(f"{path} is missing, so the run cannot resume from it; {RESUME_ADVICE}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ReftError(f"{path} is corrupt ({_one_line(err)}); {RESUME_ADVICE}") from err
-    if not isinstance(data, dict):
-        raise ReftError(f"{path} is corrupt (not a JSON object); {RESUME_ADVICE}")
-    return data
+        raise ReftError(_missing(path))
+    return read_json_object(path, RESUME_ADVICE)
+
+
+def _missing(path: Path) -> str:
+    return f"{path} is missing, so the run cannot resume from it; {RESUME_ADVICE}"
 
 
 def _join(prefix: str, key: object) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__

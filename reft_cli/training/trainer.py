@@ -26,6 +26,7 @@ from reft_cli.config.schema import RunConfig
 from reft_cli.data.examples import IGNORE_INDEX, Example, LoadedData, collate, load_data
 from reft_cli.engine.adapter_io import atomic_write_text
 from reft_cli.engine.base_models import load_model, load_tokenizer
+from reft_cli.engine.folder_names import LOG_NAME, PLOT_NAME, TRAINING_CONFIG_NAME, checkpoint_name
 from reft_cli.engine.lora_config import LoraAdapterConfig
 from reft_cli.engine.reft_model import ReftModel, get_reft_model
 from reft_cli.errors import ReftError
@@ -34,8 +35,6 @@ from reft_cli.training.loss import forward, loss_sum, takes_logits_to_keep
 from reft_cli.training.model_card import write_lora_card, write_model_card
 from reft_cli.training.prefix_cache import PrefixCache
 from reft_cli.training.reporting import (
-    LOG_NAME,
-    PLOT_NAME,
     RunSummary,
     TrainerLog,
     plot_losses,
@@ -59,8 +58,6 @@ from reft_cli.training.train_state import (
 
 if TYPE_CHECKING:
     from reft_cli.engine.lora import LoraModel
-
-CONFIG_COPY = "training_config.yaml"
 
 
 @dataclass
@@ -233,7 +230,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- the loop
     def train(self) -> RunSummary:
         if self.main:
-            atomic_write_text(self.output_dir / CONFIG_COPY, self.run.dump_yaml())
+            atomic_write_text(self.output_dir / TRAINING_CONFIG_NAME, self.run.dump_yaml())
             self._warn_dropped()
         if self.cfg.report_to != "none":
             self.accelerator.init_trackers("reft", config=_flat(self.run.to_dict()))
@@ -255,7 +252,7 @@ class Trainer:
         except KeyboardInterrupt:
             self._save_checkpoint()
             self.console.print(
-                f"[yellow]interrupted[/]: saved checkpoint-{self.progress.global_step} in "
+                f"[yellow]interrupted[/]: saved {checkpoint_name(self.progress.global_step)} in "
                 f"{self.output_dir}; continue with train.resume_from_checkpoint=latest"
             )
             raise
@@ -393,7 +390,7 @@ class Trainer:
         if best is not None and not (value > best if self.greater else value < best):
             return False
         self.progress.best_metric = value
-        self.progress.best_checkpoint = f"checkpoint-{self.progress.global_step}"
+        self.progress.best_checkpoint = checkpoint_name(self.progress.global_step)
         self._save_checkpoint()
         return True
 

@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from reft_cli.engine.adapter_config import CONFIG_NAME
-from reft_cli.engine.adapter_io import WEIGHTS_NAME
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from tests.conftest import needs_smollm2
 
 

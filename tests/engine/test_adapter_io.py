@@ -1,5 +1,6 @@
 """The adapter folder: save → load symmetry, checkpoints, and clear errors for broken folders."""
 
+import functools
 import json
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reft_cli import ReftConfig, ReftModel, get_reft_model
-from reft_cli.engine.adapter_config import CONFIG_NAME
-from reft_cli.engine.adapter_io import WEIGHTS_NAME, current_umask
+from reft_cli.engine.adapter_io import check_tensors, current_umask
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from reft_cli.errors import ReftError
 from tests.conftest import VOCAB, tiny_model
 
@@ -172,3 +173,28 @@ def test_saved_files_get_the_usual_mode_not_the_temporary_files_0600(tmp_path):
     wanted = 0o666 & ~current_umask()
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         assert (tmp_path / "a" / name).stat().st_mode & 0o777 == wanted, name
+
+
+def test_check_tensors_names_what_is_wrong_and_what_to_do():
+    check = functools.partial(
+        check_tensors,
+        expected={"a": (2, 3), "b": (4,)},
+        source="f.safetensors",
+        described_by="the config",
+        advice="fix it",
+        shape_advice="use the right model",
+    )
+    check({"a": torch.zeros(2, 3), "b": torch.zeros(4)})
+    with pytest.raises(
+        ReftError,
+        match=r"^f\.safetensors does not match the config \(missing \['b'\], unexpected "
+        r"\['c'\]\); fix it$",
+    ):
+        check({"a": torch.zeros(2, 3), "c": torch.zeros(4)})
+    wide = {"a": torch.zeros(2, 5), "b": torch.zeros(4)}
+    with pytest.raises(
+        ReftError, match=r"^f\.safetensors: a has shape \(2, 5\), expected \(2, 3\); use"
+    ):
+        check(wide)
+    with pytest.raises(ReftError, match=r"^file a: W has shape"):
+        check(wide, labels={"a": "file a: W"})

@@ -14,9 +14,9 @@ from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file
 
-from reft_cli.engine.adapter_config import CONFIG_NAME, InterventionConfig, ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME
+from reft_cli.engine.adapter_config import InterventionConfig, ReftConfig
 from reft_cli.engine.base_models import load_model
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from reft_cli.engine.interventions import orthonormal_rows
 from reft_cli.engine.reft_model import ReftModel, get_reft_model
 from reft_cli.errors import ReftError

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from reft_cli.engine.adapter_config import CONFIG_NAME, ReftConfig
-from reft_cli.engine.adapter_io import WEIGHTS_NAME
+from reft_cli.engine.adapter_config import ReftConfig
+from reft_cli.engine.folder_names import CONFIG_NAME, WEIGHTS_NAME
 from reft_cli.engine.reft_model import ReftModel
 from reft_cli.errors import ReftError
 from reft_cli.interop.pyreft_import import ImportOptions, import_pyreft

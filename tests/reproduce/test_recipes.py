@@ -10,13 +10,16 @@ import pytest
 import yaml
 
 from reft_cli.config.schema import ConfigError
+from reft_cli.engine.folder_names import (
+    EVAL_DIR,
+    RESULTS_NAME,
+    RUN_RECORD_NAME,
+    TRAIN_DONE_NAME,
+)
 from reft_cli.errors import ReftError
 from reft_cli.reproduce.recipes import load_recipe
 from reft_cli.reproduce.report import build_report, write_report
 from reft_cli.reproduce.runner import (
-    RESULTS,
-    RUN_RECORD,
-    TRAIN_DONE,
     _check_record,
     jobs,
     reproduce,
@@ -53,7 +56,7 @@ def _results(folder: Path, scores: dict[str, float], seconds: float = 10.0) -> N
         for name, s in scores.items()
     }
     average = sum(scores.values()) / len(scores)
-    path = folder / RESULTS
+    path = folder / EVAL_DIR / RESULTS_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"tasks": tasks, "average": average, "seconds": seconds}))
 
@@ -122,7 +125,7 @@ def test_jobs_and_their_status(tmp_path):
     (first.adapter / "checkpoint-5" / "reft_config.json").write_text("{}")
     assert first.status() == "resume"
     (second.folder).mkdir(parents=True)
-    (second.folder / TRAIN_DONE).write_text("{}")
+    (second.folder / TRAIN_DONE_NAME).write_text("{}")
     assert second.status() == "evaluate"
     _results(third.folder, {"boolq": 0.5})
     assert third.status() == "done"
@@ -133,7 +136,7 @@ def test_a_folder_started_with_another_config_is_not_reused(tmp_path):
     job = jobs(recipe)[0]
     _check_record(recipe, job)
     _check_record(recipe, job)  # the same config again is fine
-    assert (job.folder / RUN_RECORD).is_file()
+    assert (job.folder / RUN_RECORD_NAME).is_file()
     changed = load_recipe(
         _recipe(
             tmp_path,
@@ -188,7 +191,7 @@ def test_report_means_stds_and_targets(tmp_path):
     scores = [(0.55, 0.70), (0.60, 0.65), (0.65, 0.75)]
     for seed, (boolq, piqa) in zip((1, 2, 3), scores, strict=True):
         _results(recipe.output_dir / "reft" / f"seed{seed}", {"boolq": boolq, "piqa": piqa})
-        (recipe.output_dir / "reft" / f"seed{seed}" / TRAIN_DONE).write_text(
+        (recipe.output_dir / "reft" / f"seed{seed}" / TRAIN_DONE_NAME).write_text(
             json.dumps({"seconds": 60.0, "trainable_parameters": 100, "head_parameters": 4})
         )
     _results(recipe.output_dir / "base" / "seed42", {"boolq": 0.5, "piqa": 0.4})

@@ -9,18 +9,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
+from reft_cli.engine.folder_names import OPTIMIZER_NAME, RNG_NAME, TRAINING_STATE_NAME
 from reft_cli.errors import ReftError
 from reft_cli.training.train_state import (
-    OPTIMIZER_FILE,
-    RNG_FILE,
-    STATE_FILE,
     Progress,
     capture_rng,
     load_training_state,
     save_training_state,
 )
 
-FILES = [OPTIMIZER_FILE, RNG_FILE, STATE_FILE]
+FILES = [OPTIMIZER_NAME, RNG_NAME, TRAINING_STATE_NAME]
 
 
 def setup(seed, two_groups=False):
@@ -196,7 +194,7 @@ def test_every_file_written_is_safetensors_or_json_never_pickle(tmp_path):
             assert load_file(path)
         else:
             assert json.loads(path.read_text())["progress"]["global_step"] == 1
-    assert "state.0.exp_avg" in load_file(tmp_path / OPTIMIZER_FILE)
+    assert "state.0.exp_avg" in load_file(tmp_path / OPTIMIZER_NAME)
 
 
 def test_state_that_is_not_json_fails_before_any_file_is_written(tmp_path):
@@ -236,10 +234,10 @@ def test_json_pointing_at_a_missing_tensor_is_reported_as_corrupt(tmp_path):
     model, optimizer, scheduler = setup(seed=0)
     train_step(model, optimizer, scheduler)
     save_training_state(tmp_path, optimizer, scheduler, Progress())
-    tensors = load_file(tmp_path / OPTIMIZER_FILE)
+    tensors = load_file(tmp_path / OPTIMIZER_NAME)
     del tensors["state.0.exp_avg"]
-    save_file(tensors, tmp_path / OPTIMIZER_FILE)
-    with pytest.raises(ReftError, match=rf"{STATE_FILE} is corrupt.*state\.0\.exp_avg"):
+    save_file(tensors, tmp_path / OPTIMIZER_NAME)
+    with pytest.raises(ReftError, match=rf"{TRAINING_STATE_NAME} is corrupt.*state\.0\.exp_avg"):
         load_training_state(tmp_path, optimizer, scheduler)
 
 
