@@ -217,3 +217,42 @@ def test_step_lengths_count_the_positions_a_step_runs():
     expected = lengths - cache.prefix_lengths(data)
     assert cache.step_lengths(data["prompt_lengths"], lengths).tolist() == expected.tolist()
     assert expected.tolist() != lengths.tolist()
+
+
+HOST_READS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
+
+
+def count_host_reads(monkeypatch, run):
+    """How many times `run()` reads tensor values back to Python, by the module that asked."""
+    import sys
+    from collections import Counter
+
+    reads = Counter()
+    for name in HOST_READS:
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _real=real, **kwargs):
+            reads[sys._getframe(1).f_globals.get("__name__")] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    try:
+        run()
+    finally:
+        monkeypatch.undo()
+    return reads
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_a_cached_step_reads_the_host_once_per_batch_not_per_row(monkeypatch, copies):
+    data = batch(lengths=(9, 12, 7, 10) * copies, prompts=(5, 8, 3, 1) * copies)
+    model = adapter("l2", True, [1, 3], base_model(tie_word_embeddings=True))
+    cache = PrefixCache(model, 2**30, head_on_targets=True)
+    cache.checked = True  # the first batch's check compares both paths; a step does not
+    computing = count_host_reads(monkeypatch, lambda: cache.forward(model, data))
+    reading = count_host_reads(monkeypatch, lambda: cache.forward(model, data))
+    assert cache.misses == cache.hits == 4 * copies and cache.active
+    # The cache's own: the rows' layout (one read of all prefix and total lengths) and the
+    # example ids, which the trainer keeps on the host; the same for 4 rows as for 12.
+    assert computing[PrefixCache.__module__] == reading[PrefixCache.__module__] == 2
+    assert sum(reading.values()) <= 4 and sum(computing.values()) <= 4
