@@ -1,6 +1,8 @@
 """Frozen-state caching and the lm head on targets give the plain path's losses and gradients,
 skip what they claim to skip, stay within budget, and step back where a model cannot be cut."""
 
+from collections import Counter
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -10,6 +12,7 @@ from reft_cli.errors import ReftError
 from reft_cli.training.loss import check_selected, forward, loss_sum
 from reft_cli.training.prefix_cache import PrefixCache
 from tests.conftest import TINY_CONFIGS, VOCAB, tiny_model
+from tests.training.host_reads import spy_host_reads
 
 
 def batch(lengths=(9, 12, 7, 10), prompts=(5, 8, 3, 1)):
@@ -219,27 +222,12 @@ def test_step_lengths_count_the_positions_a_step_runs():
     assert expected.tolist() != lengths.tolist()
 
 
-HOST_READS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
-
-
 def count_host_reads(monkeypatch, run):
     """How many times `run()` reads tensor values back to Python, by the module that asked."""
-    import sys
-    from collections import Counter
-
     reads = Counter()
-    for name in HOST_READS:
-        real = getattr(torch.Tensor, name)
-
-        def spy(self, *args, _real=real, **kwargs):
-            reads[sys._getframe(1).f_globals.get("__name__")] += 1
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    try:
+    with monkeypatch.context() as patch:
+        spy_host_reads(patch, lambda module: reads.update([module]))
         run()
-    finally:
-        monkeypatch.undo()
     return reads
 
 
