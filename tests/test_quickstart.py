@@ -7,9 +7,8 @@ import torch
 
 from reft_cli import ReftModel
 from reft_cli.engine.base_models import load_tokenizer
-from tests.conftest import needs_smollm2
-
 from tests.cli.test_cli import reft
+from tests.conftest import needs_smollm2
 
 CONFIG = Path(__file__).parents[1] / "configs" / "emoji.yaml"
 UNSEEN = [

@@ -9,9 +9,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_model_dir
-
 from tests.cli.test_cli import reft
+from tests.conftest import tiny_model_dir
 
 ROWS = [{"prompt": f"say {w}", "response": f"{w} {w}!"} for w in "abcdefghijklmnop"]
 

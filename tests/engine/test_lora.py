@@ -23,9 +23,8 @@ from reft_cli.generation.mixed import BASE
 from reft_cli.generation.session import GenerateOptions, Session
 from reft_cli.interop.export import export_adapter
 from reft_cli.training.trainer import Trainer, build
-from tests.conftest import quick_train, tiny_model_dir
-
 from tests.cli.test_cli import reft
+from tests.conftest import quick_train, tiny_model_dir
 
 QUIET = Console(quiet=True)
 ROWS = [{"prompt": f"say {w}", "response": f"{w} {w}!"} for w in "abcdefghijklmnop"]

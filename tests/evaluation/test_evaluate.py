@@ -15,9 +15,8 @@ from reft_cli.errors import ReftError
 from reft_cli.evaluation.evaluate import EvalOptions, plan_eval, run_eval
 from reft_cli.evaluation.predict import Subject, generate_texts
 from reft_cli.evaluation.scorers import score_commonsense
-from tests.conftest import tiny_model_dir
-
 from tests.cli.test_cli import reft
+from tests.conftest import tiny_model_dir
 
 QUIET = Console(quiet=True)
 QUESTIONS = ["is the sky blue", "can fish fly", "is water wet and also quite cold in winter", "x"]

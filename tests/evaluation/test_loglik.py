@@ -17,9 +17,9 @@ from reft_cli.errors import ReftError
 from reft_cli.evaluation.evaluate import EvalOptions, plan_eval, run_eval
 from reft_cli.evaluation.loglik import choose, continuation_logliks, encode_requests
 from reft_cli.evaluation.predict import Subject
+from tests.cli.test_cli import reft
 from tests.conftest import BOS, byte_tokenizer, tiny_model_dir
 
-from tests.cli.test_cli import reft
 from .test_evaluate import BOOLQ, QUIET, read_predictions, save_adapter, write_jsonl
 
 QUESTIONS = ["is the sky blue", "can fish fly", "is water wet and also quite cold in winter", "x"]

@@ -7,9 +7,8 @@ import torch
 
 from reft_cli import ReftConfig, get_reft_model
 from reft_cli.engine.base_models import load_model
-from tests.conftest import tiny_model_dir
-
 from tests.cli.test_cli import reft
+from tests.conftest import tiny_model_dir
 
 
 def make_adapter(model_dir, out, seed, layers=(0, 2), positions="l1"):
