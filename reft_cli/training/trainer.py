@@ -3,7 +3,8 @@
 A step reads top to bottom: take this process's rows of the step's micro-batches, count the step's
 targets across processes, forward and backward each micro-batch with its loss divided by that count,
 clip, step, log, evaluate, checkpoint. Gradients therefore equal those of one padded batch over the
-whole global step, on any number of processes.
+whole global step, on any number of processes. The loss stays on the device and is read back only
+at logging steps, before a checkpoint and at the end (device_io.py), so a step never waits for it.
 """
 
 from __future__ import annotations
