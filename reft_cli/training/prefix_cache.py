@@ -188,6 +188,8 @@ class PrefixCache:
         self, batch: dict[str, Tensor], prefix: Tensor, layout: _Layout
     ) -> list[dict[str, Tensor]]:
         """Each row's frozen states, from the cache or computed now (and kept within budget)."""
+        if not self.start and not layout.width:  # no row has a frozen prefix or lower layers
+            return [{} for _ in layout.prefix]
         # The trainer keeps example ids on the host; a batch that has them on a device costs one
         # read here, for the whole batch.
         ids = batch["example_ids"].tolist()
