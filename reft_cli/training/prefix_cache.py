@@ -17,14 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
 from reft_cli.data.examples import IGNORE_INDEX
 from reft_cli.engine.architecture import find_block_stack
+from reft_cli.engine.positions import Positions
 from reft_cli.engine.reft_model import ReftModel
 from reft_cli.training.frozen_store import FrozenStore
 from reft_cli.training.loss import check_selected, forward, next_token_targets, takes_logits_to_keep
@@ -99,9 +102,12 @@ class PrefixCache:
     def prefix_lengths(self, batch: dict[str, Tensor]) -> Tensor:
         """Each row's frozen prefix length: up to its first intervened position, and never past the
         second-last prompt token, because the last one predicts the first response token."""
+        positions = self.model.positions_for(batch["prompt_lengths"], batch["attention_mask"])
+        return self._prefix(batch, positions)
+
+    def _prefix(self, batch: dict[str, Tensor], positions: dict[str, Positions]) -> Tensor:
         if not self.cache_prefix:
             return torch.zeros_like(batch["prompt_lengths"])
-        positions = self.model.positions_for(batch["prompt_lengths"], batch["attention_mask"])
         big = batch["input_ids"].shape[1]
         firsts = [torch.where(p.mask, p.index, big).min(dim=1).values for p in positions.values()]
         last_prompt = (batch["prompt_lengths"] - 1).clamp(min=0)
@@ -114,24 +120,26 @@ class PrefixCache:
         return lengths - self.prefix_lengths(batch) if self.active else lengths
 
     def _forward(self, wrapped: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        prefix = self.prefix_lengths(batch)
-        entries = self._entries(batch, prefix)
-        ids, mask, cols, valid = _suffix(batch, prefix)
+        found = self.model.positions_for(batch["prompt_lengths"], batch["attention_mask"])
+        prefix = self._prefix(batch, found)
+        lengths = batch["attention_mask"].sum(dim=1)
+        # The step's one host read: every row's prefix and length at once. They size the suffix
+        # and the cache tensors, and slice the per-example states of rows seen for the first time.
+        layout = _Layout(*torch.stack([prefix, lengths]).tolist())
+        entries = self._entries(batch, prefix, layout)
+        ids, mask, cols, valid = _suffix(batch, prefix, lengths, layout.width, layout.span)
         rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
         targets = torch.where(valid, next_token_targets(batch["labels"])[rows, cols], IGNORE_INDEX)
         positions = {
-            group: torch.where(p.mask, p.index - prefix[:, None], -1)
-            for group, p in self.model.positions_for(
-                batch["prompt_lengths"], batch["attention_mask"]
-            ).items()
+            group: torch.where(p.mask, p.index - prefix[:, None], -1) for group, p in found.items()
         }
         kwargs = {}
         if self.head_on_targets:
             keep = targets != IGNORE_INDEX
             kwargs["logits_to_keep"] = keep
             targets = targets[keep]
-        past = self._past(entries, prefix, self.start)
-        feed = _stack_hidden(entries, ids.shape[1]) if self.start else None
+        past = self._past(entries, layout.width, self.start)
+        feed = _stack_hidden(entries) if self.start else None
         with self._from_start(feed):
             out = wrapped(
                 ids,
@@ -173,48 +181,58 @@ class PrefixCache:
             handle.remove()
 
     # ----------------------------------------------------------------------------- the states
-    def _entries(self, batch: dict[str, Tensor], prefix: Tensor) -> list[dict[str, Tensor]]:
+    # An example's states: "key" and "value", (prefix, layers from `start`, heads, head_dim), when
+    # it has a prefix; "hidden", (suffix, hidden size), the input to block `start`, when start > 0.
+    # Sequence first, so that one pad_sequence call pads a whole batch of them.
+    def _entries(
+        self, batch: dict[str, Tensor], prefix: Tensor, layout: _Layout
+    ) -> list[dict[str, Tensor]]:
         """Each row's frozen states, from the cache or computed now (and kept within budget)."""
+        if not self.start and not layout.width:  # no row has a frozen prefix or lower layers
+            return [{} for _ in layout.prefix]
+        # The trainer keeps example ids on the host; a batch that has them on a device costs one
+        # read here, for the whole batch.
         ids = batch["example_ids"].tolist()
         entries = [self.store.get(i) for i in ids]
         missing = [r for r, e in enumerate(entries) if e is None]
-        stateful = [bool(self.start) or int(prefix[r]) > 0 for r in range(len(ids))]
-        computed = sum(stateful[r] for r in missing)
-        self.misses += computed
-        self.hits += sum(stateful) - computed
+        self.hits += len(ids) - len(missing)  # only non-empty states are ever stored
         if missing:
-            fresh = self._compute(batch, prefix, missing)
+            fresh = self._compute(batch, prefix, missing, layout)
             for r, entry in zip(missing, fresh, strict=True):
                 entries[r] = entry
-                if entry:
+                if entry:  # a row with neither a prefix nor lower layers has nothing to keep
+                    self.misses += 1
                     self.store.put(ids[r], entry)
         return entries
 
     @torch.no_grad()
     def _compute(
-        self, batch: dict[str, Tensor], prefix: Tensor, rows: list[int]
+        self, batch: dict[str, Tensor], prefix: Tensor, rows: list[int], layout: _Layout
     ) -> list[dict[str, Tensor]]:
         """The frozen states of `rows`: the prefix through every layer, then the rest of each row
         through the blocks below `start`; what a step reads is copied out, the rest dropped."""
         base = self.model.model
         sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask")}
-        pre = prefix[rows]
+        pre, lengths = prefix[rows], batch["attention_mask"].sum(dim=1)[rows]
+        part = layout.select(rows)
         entries: list[dict[str, Tensor]] = [{} for _ in rows]
         with self.model.disable_adapter():
-            with_prefix = [j for j in range(len(rows)) if int(pre[j]) > 0]
+            with_prefix = [j for j, n in enumerate(part.prefix) if n > 0]
             if with_prefix:
-                width = int(pre.max())
-                ids = sub["input_ids"][with_prefix, :width]
-                mask = torch.arange(width, device=ids.device)[None] < pre[with_prefix, None]
+                ids = sub["input_ids"][with_prefix, : part.width]
+                mask = torch.arange(part.width, device=ids.device)[None] < pre[with_prefix, None]
                 extra = {"logits_to_keep": 1} if takes_logits_to_keep(base) else {}
                 kv = base(input_ids=ids, attention_mask=mask.long(), use_cache=True, **extra)
+                layers = kv.past_key_values.layers
+                # (rows, width, layers, heads, head_dim): each row's prefix is a leading slice.
+                keys = torch.stack([layer.keys for layer in layers]).permute(1, 3, 0, 2, 4)
+                values = torch.stack([layer.values for layer in layers]).permute(1, 3, 0, 2, 4)
                 for k, j in enumerate(with_prefix):
-                    for i, layer in enumerate(kv.past_key_values.layers):
-                        entries[j][f"key.{i}"] = layer.keys[k, :, : int(pre[j])]
-                        entries[j][f"value.{i}"] = layer.values[k, :, : int(pre[j])]
+                    entries[j]["key"] = keys[k, : part.prefix[j]]
+                    entries[j]["value"] = values[k, : part.prefix[j]]
             if self.start:
-                ids, mask, cols, valid = _suffix(sub, pre)
-                past = self._past(entries, pre, 0)
+                ids, mask, cols, _ = _suffix(sub, pre, lengths, part.width, part.span)
+                past = self._past(entries, part.width, 0)
                 handle = self.blocks[self.start].register_forward_pre_hook(
                     _stop, with_kwargs=True, prepend=True
                 )
@@ -227,50 +245,35 @@ class PrefixCache:
                     hidden = reached.hidden
                 finally:
                     handle.remove()
-                for j, n in enumerate(valid.sum(dim=1).tolist()):
-                    entries[j]["hidden"] = hidden[j, :n].clone()
+                for j, n in enumerate(part.suffix):
+                    entries[j]["hidden"] = hidden[j, :n]
         # Keep the layers a step reads; clone so the batch-wide tensors are not held alive.
         return [
-            {
-                name: t if name == "hidden" else t.clone()
-                for name, t in e.items()
-                if name == "hidden" or int(name.split(".")[1]) >= self.start
-            }
+            {name: (t if name == "hidden" else t[:, self.start :]).clone() for name, t in e.items()}
             for e in entries
         ]
 
     def _past(
-        self, entries: list[dict[str, Tensor]], prefix: Tensor, first: int
+        self, entries: list[dict[str, Tensor]], width: int, first: int
     ) -> DynamicCache | None:
         """The rows' prefix keys and values, left-padded to the widest prefix (pads are masked).
 
-        Layers below `first` never run, so they hold zeros; they are filled anyway because the
-        attention mask is sized from the cache's first layer.
+        The entries hold layers from `first` on; layers below never run, so they hold zeros. They
+        are filled anyway because the attention mask is sized from the cache's first layer.
         """
-        width = int(prefix.max())
         if width == 0:
             return None
-        template = next(e for e in entries if f"key.{first}" in e)
-        layers = []
-        for i in range(len(self.blocks)):
-            if i < first:
-                heads, _, dim = template[f"key.{first}"].shape
-                zeros = (
-                    template[f"key.{first}"].new_zeros(()).expand(len(entries), heads, width, dim)
-                )
-                layers.append((zeros, zeros))
-                continue
-            layers.append(
-                tuple(
-                    torch.stack(
-                        [
-                            _left_pad(e.get(f"{kind}.{i}"), template[f"{kind}.{i}"], width)
-                            for e in entries
-                        ]
-                    )
-                    for kind in ("key", "value")
-                )
-            )
+        template = next(e["key"] for e in entries if "key" in e)
+        empty = template.new_zeros((0, *template.shape[1:]))
+        # (layers, rows, heads, width, head_dim), one pad for the whole batch.
+        keys, values = (
+            pad_sequence(
+                [e.get(kind, empty) for e in entries], batch_first=True, padding_side="left"
+            ).permute(2, 0, 3, 1, 4)
+            for kind in ("key", "value")
+        )
+        zeros = keys[0].new_zeros(()).expand_as(keys[0])
+        layers = [(zeros, zeros)] * first + list(zip(keys.unbind(0), values.unbind(0), strict=True))
         return DynamicCache(layers, config=self.model.model.config)
 
     # ----------------------------------------------------------------------------- the check
@@ -332,11 +335,34 @@ class PrefixCache:
         return f"{line}; {self.note}" if self.note else line
 
 
-def _suffix(batch: dict[str, Tensor], prefix: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(input ids, attention mask over prefix + suffix, positions, valid) of each row's suffix."""
-    lengths = batch["attention_mask"].sum(dim=1)
-    width = int(prefix.max())
-    span = int((lengths - prefix).max())
+@dataclass(frozen=True)
+class _Layout:
+    """A batch's prefix and total lengths per row, read to the host once per step."""
+
+    prefix: list[int]
+    lengths: list[int]
+
+    @property
+    def suffix(self) -> list[int]:
+        return [n - p for p, n in zip(self.prefix, self.lengths, strict=True)]
+
+    @property
+    def width(self) -> int:
+        return max(self.prefix, default=0)
+
+    @property
+    def span(self) -> int:
+        return max(self.suffix, default=0)
+
+    def select(self, rows: list[int]) -> _Layout:
+        return _Layout([self.prefix[r] for r in rows], [self.lengths[r] for r in rows])
+
+
+def _suffix(
+    batch: dict[str, Tensor], prefix: Tensor, lengths: Tensor, width: int, span: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(input ids, attention mask over prefix + suffix, positions, valid) of each row's suffix;
+    `width` and `span` are the widest prefix and suffix."""
     rows = torch.arange(lengths.shape[0], device=prefix.device)[:, None]
     cols = prefix[:, None] + torch.arange(span, device=prefix.device)
     valid = cols < lengths[:, None]
@@ -346,22 +372,9 @@ def _suffix(batch: dict[str, Tensor], prefix: Tensor) -> tuple[Tensor, Tensor, T
     return ids, torch.cat([prefix_mask, valid], dim=1).long(), cols, valid
 
 
-def _left_pad(tensor: Tensor | None, template: Tensor, width: int) -> Tensor:
-    """(heads, width, head_dim): the row's prefix after zero slots (masked); all zeros if none."""
-    if tensor is None:
-        return template.new_zeros(template.shape[0], width, template.shape[2])
-    pad = width - tensor.shape[1]
-    return torch.nn.functional.pad(tensor, (0, 0, pad, 0)) if pad else tensor
-
-
-def _stack_hidden(entries: list[dict[str, Tensor]], span: int) -> Tensor:
+def _stack_hidden(entries: list[dict[str, Tensor]]) -> Tensor:
     """(B, span, hidden): each row's cached input to block `start`, zero-padded on the right."""
-    return torch.stack(
-        [
-            torch.nn.functional.pad(e["hidden"], (0, 0, 0, span - e["hidden"].shape[0]))
-            for e in entries
-        ]
-    )
+    return pad_sequence([e["hidden"] for e in entries], batch_first=True)
 
 
 def _stop(_module: nn.Module, args: tuple, kwargs: dict) -> None:

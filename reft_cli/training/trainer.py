@@ -3,7 +3,8 @@
 A step reads top to bottom: take this process's rows of the step's micro-batches, count the step's
 targets across processes, forward and backward each micro-batch with its loss divided by that count,
 clip, step, log, evaluate, checkpoint. Gradients therefore equal those of one padded batch over the
-whole global step, on any number of processes.
+whole global step, on any number of processes. The loss stays on the device and is read back only
+at logging steps, before a checkpoint and at the end (device_io.py), so a step never waits for it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from reft_cli.engine.lora_config import LoraAdapterConfig
 from reft_cli.engine.reft_model import ReftModel, get_reft_model
 from reft_cli.errors import ReftError
 from reft_cli.metrics import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
+from reft_cli.training.device_io import LossWatch, to_device
 from reft_cli.training.loss import forward, loss_sum, takes_logits_to_keep
 from reft_cli.training.model_card import write_lora_card, write_model_card
 from reft_cli.training.prefix_cache import PrefixCache
@@ -226,6 +228,7 @@ class Trainer:
             else not self.metric.endswith("loss")
         )
         self.last_loss: float | None = None
+        self.watch = LossWatch(self.accelerator.device)
 
     # ----------------------------------------------------------------------------- the loop
     def train(self) -> RunSummary:
@@ -275,23 +278,24 @@ class Trainer:
             loss = self._step([self._batch(rows) for rows in shards if rows])
             progress.global_step += 1
             progress.step_in_epoch += 1
-            self.last_loss = loss
+            self.watch.record(loss, progress.global_step)
             epoch = progress.epoch + progress.step_in_epoch / len(plan.steps)
             lr = self.scheduler.get_last_lr()[0]
             now = time.perf_counter()
-            update(
-                {
-                    "epoch": f"{epoch:.2f}",
-                    "loss": f"{loss:.4f}",
-                    "lr": f"{lr:.2e}",
-                    "speed": f"{1 / max(now - step_start, 1e-9):.2f}",
-                }
-            )
+            fields = {
+                "epoch": f"{epoch:.2f}",
+                "lr": f"{lr:.2e}",
+                "speed": f"{1 / max(now - step_start, 1e-9):.2f}",
+            }
             last = progress.global_step == self.total_steps
-            if progress.global_step % cfg.logging_steps == 0 or last:
-                self._log(
-                    {"step": progress.global_step, "epoch": round(epoch, 4), "loss": loss, "lr": lr}
-                )
+            logging = progress.global_step % cfg.logging_steps == 0 or last
+            if logging:  # the only place a step's loss is read back to the host
+                self.last_loss = self._checked_loss()
+                fields["loss"] = f"{self.last_loss:.4f}"
+            update(fields)
+            if logging:
+                entry = {"step": progress.global_step, "epoch": round(epoch, 4)}
+                self._log({**entry, "loss": self.last_loss, "lr": lr})
             end_of_epoch = progress.step_in_epoch == len(plan.steps)
             saved = False
             if self.data.eval and (
@@ -318,10 +322,11 @@ class Trainer:
 
     def _batch(self, rows: list[int]) -> dict[str, torch.Tensor]:
         batch = collate([self.data.train[i] for i in rows], self.setup.tokenizer.pad_token_id)
-        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        return to_device(batch, self.accelerator.device)
 
-    def _step(self, micro: list[dict[str, torch.Tensor]]) -> float:
-        """Forward and backward the step's micro-batches, then update; returns the step's mean loss.
+    def _step(self, micro: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Forward and backward the step's micro-batches, then update; returns the step's mean loss
+        as a device tensor, unread (LossWatch reads it at logging steps).
 
         Each loss sum is divided by the number of targets in the whole global step, times the
         process count because data parallelism averages gradients across processes.
@@ -342,8 +347,18 @@ class Trainer:
                 summed, _ = loss_sum(outputs, targets, task_type)
             acc.backward(summed * self.world / count)
             total += summed.detach().float()
-        loss = (acc.reduce(total, "sum") / count).item()
-        if not math.isfinite(loss):
+        if self.cfg.max_grad_norm:
+            acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return acc.reduce(total, "sum") / count
+
+    def _checked_loss(self) -> float | None:
+        """The latest step's loss, read from the device; stops the run if any loss so far was not
+        finite. Called before anything is logged or saved, so no checkpoint holds what followed."""
+        loss, step, bad = self.watch.read()
+        if step:
             saved = checkpoints(self.output_dir)
             where = (
                 f"the last good checkpoint is {saved[-1]}"
@@ -351,14 +366,9 @@ class Trainer:
                 else "no checkpoint was saved yet"
             )
             raise ReftError(
-                f"the loss became {loss} at step {self.progress.global_step + 1}; {where}; "
+                f"the loss became {bad} at step {step}; {where}; "
                 "lower train.learning_rate or check the data"
             )
-        if self.cfg.max_grad_norm:
-            acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss
 
     # ----------------------------------------------------------------------------- side jobs
@@ -370,6 +380,7 @@ class Trainer:
 
     def _evaluate_and_select(self) -> bool:
         """Evaluate; save a checkpoint when the metric improves. True when one was saved."""
+        self._checked_loss()
         metrics = evaluate(
             self.accelerator,
             self.wrapped,
@@ -395,6 +406,7 @@ class Trainer:
         return True
 
     def _save_checkpoint(self) -> None:
+        self._checked_loss()  # never a checkpoint of weights a non-finite loss has updated
         rng_states = gather_object([capture_rng()])  # every process's streams, to resume each
         if self.main:
 
@@ -420,6 +432,7 @@ class Trainer:
             )
 
     def _finish(self) -> RunSummary:
+        self._checked_loss()
         progress = self.progress
         if progress.best_checkpoint and self.cfg.metric_for_best_model:
             self.model.load_adapter_weights(
@@ -492,7 +505,7 @@ def evaluate(
     regression = False
     for i in range(0, len(mine), size):
         batch = collate(mine[i : i + size], tokenizer.pad_token_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
             logits, targets = forward(model, batch, task_type, head_on_targets)
         summed, count = loss_sum(logits, targets, task_type)

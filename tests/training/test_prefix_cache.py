@@ -1,6 +1,8 @@
 """Frozen-state caching and the lm head on targets give the plain path's losses and gradients,
 skip what they claim to skip, stay within budget, and step back where a model cannot be cut."""
 
+from collections import Counter
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -10,6 +12,7 @@ from reft_cli.errors import ReftError
 from reft_cli.training.loss import check_selected, forward, loss_sum
 from reft_cli.training.prefix_cache import PrefixCache
 from tests.conftest import TINY_CONFIGS, VOCAB, tiny_model
+from tests.training.host_reads import spy_host_reads
 
 
 def batch(lengths=(9, 12, 7, 10), prompts=(5, 8, 3, 1)):
@@ -217,3 +220,27 @@ def test_step_lengths_count_the_positions_a_step_runs():
     expected = lengths - cache.prefix_lengths(data)
     assert cache.step_lengths(data["prompt_lengths"], lengths).tolist() == expected.tolist()
     assert expected.tolist() != lengths.tolist()
+
+
+def count_host_reads(monkeypatch, run):
+    """How many times `run()` reads tensor values back to Python, by the module that asked."""
+    reads = Counter()
+    with monkeypatch.context() as patch:
+        spy_host_reads(patch, lambda module: reads.update([module]))
+        run()
+    return reads
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_a_cached_step_reads_the_host_once_per_batch_not_per_row(monkeypatch, copies):
+    data = batch(lengths=(9, 12, 7, 10) * copies, prompts=(5, 8, 3, 1) * copies)
+    model = adapter("l2", True, [1, 3], base_model(tie_word_embeddings=True))
+    cache = PrefixCache(model, 2**30, head_on_targets=True)
+    cache.checked = True  # the first batch's check compares both paths; a step does not
+    computing = count_host_reads(monkeypatch, lambda: cache.forward(model, data))
+    reading = count_host_reads(monkeypatch, lambda: cache.forward(model, data))
+    assert cache.misses == cache.hits == 4 * copies and cache.active
+    # The cache's own: the rows' layout (one read of all prefix and total lengths) and the
+    # example ids, which the trainer keeps on the host; the same for 4 rows as for 12.
+    assert computing[PrefixCache.__module__] == reading[PrefixCache.__module__] == 2
+    assert sum(reading.values()) <= 4 and sum(computing.values()) <= 4

@@ -13,6 +13,7 @@ from reft_cli.config.schema import RunConfig
 from reft_cli.errors import ReftError
 from reft_cli.training.trainer import Trainer
 from tests.conftest import quick_train, tiny_model_dir
+from tests.training.host_reads import spy_host_reads
 
 ROWS = [{"prompt": f"say {w}", "response": f"{w} {w}!"} for w in "abcdefghijklmnop"]
 
@@ -165,6 +166,82 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(llama_dir, data_file, tmp_
     ):
         fit(config(llama_dir, data_file, out, max_steps=6, save_steps=3))
     assert (out / "checkpoint-3" / "reft_model.safetensors").is_file()
+
+
+def poison_step(monkeypatch, step):
+    """Make the loss of training step `step` (1-based, one micro-batch a step) NaN."""
+    import reft_cli.training.trainer as trainer
+
+    real, calls = trainer.loss_sum, []
+
+    def poisoned(*args):
+        calls.append(1)
+        total, count = real(*args)
+        return (total * float("nan") if len(calls) == step else total), count
+
+    monkeypatch.setattr(trainer, "loss_sum", poisoned)
+
+
+def test_nan_between_logs_is_caught_at_the_next_log_with_its_own_step(
+    llama_dir, data_file, tmp_path, monkeypatch
+):
+    poison_step(monkeypatch, 4)
+    out = tmp_path / "run"
+    with pytest.raises(
+        ReftError, match=r"loss became nan at step 4; the last good checkpoint is .*checkpoint-3"
+    ):
+        fit(config(llama_dir, data_file, out, max_steps=8, save_steps=3, logging_steps=5))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert not (out / "reft_model.safetensors").exists()
+    assert not (out / "trainer_log.jsonl").exists()  # step 5's log line was never written
+
+
+def test_nan_before_a_checkpoint_is_caught_before_it_is_written(
+    llama_dir, data_file, tmp_path, monkeypatch
+):
+    poison_step(monkeypatch, 2)
+    out = tmp_path / "run"
+    with pytest.raises(ReftError, match=r"loss became nan at step 2; no checkpoint was saved yet"):
+        fit(config(llama_dir, data_file, out, max_steps=8, save_steps=3, logging_steps=10))
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_the_loss_is_read_back_only_at_logging_steps(llama_dir, data_file, tmp_path, monkeypatch):
+    from reft_cli.training.device_io import LossWatch
+
+    loop = Trainer(
+        config(llama_dir, data_file, tmp_path / "run", max_steps=7, logging_steps=3, save_steps=9),
+        Console(quiet=True),
+    )
+    read_at, in_step = [], []
+    real_read, real_step = LossWatch.read, Trainer._step
+
+    def read(self):
+        read_at.append(loop.progress.global_step)
+        return real_read(self)
+
+    def step(self, micro):
+        in_step.append(1)
+        try:
+            return real_step(self, micro)
+        finally:
+            in_step.pop()
+
+    reads = []
+    spy_host_reads(
+        monkeypatch,
+        lambda module: reads.append(module) if in_step and "reft_cli.training" in module else None,
+    )
+    monkeypatch.setattr(LossWatch, "read", read)
+    monkeypatch.setattr(Trainer, "_step", step)
+    summary = loop.train()
+    assert read_at == [3, 6, 7, 7]  # the logging steps (and the last), then the end of the run
+    assert sorted(logged(tmp_path / "run")) == [3, 6, 7] and summary.final_loss is not None
+    # Inside a step only the frozen-state cache reads the host: once per micro-batch, its layout
+    # (this adapter, at layer 0 from the first prompt token, leaves it nothing else to read), plus
+    # on the first step the check that runs the cached path once more and reads its error; never
+    # the loop or the loss.
+    assert set(reads) <= {"reft_cli.training.prefix_cache"} and len(reads) == 7 + 2
 
 
 def test_ctrl_c_saves_a_checkpoint_to_resume_from(llama_dir, data_file, tmp_path, monkeypatch):
