@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from reft_cli.config.reader import load_config
-from reft_cli.evaluation.tasks import COMMONSENSE, adapters_row, load_task_rows, parse_task_refs
+from reft_cli.evaluation.task_formats import adapters_row
+from reft_cli.evaluation.tasks import COMMONSENSE, load_task_rows, parse_task_refs
 
 ROWS = 100  # per set; ARC-Challenge's validation split has 299 rows, 199 stay held out
 CONFIG = Path(__file__).parents[1] / "configs" / "commonsense-mini.yaml"

@@ -26,7 +26,7 @@ def train(
     run = load_config(config_path(config), overrides or [])
     if dry_run:
         from reft_cli.training.dry_run import show
-        from reft_cli.training.trainer import build
+        from reft_cli.training.setup import build
 
         show(build(run), console)
         return

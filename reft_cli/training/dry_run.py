@@ -10,7 +10,7 @@ from rich.text import Text
 
 from reft_cli.data.examples import Example
 from reft_cli.engine.reft_model import ReftModel
-from reft_cli.training.trainer import Setup
+from reft_cli.training.setup import Setup
 
 
 def show(setup: Setup, console: Console) -> None:

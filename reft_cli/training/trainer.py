@@ -12,26 +12,22 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, is_tensorboard_available, is_wandb_available, set_seed
+from accelerate.utils import gather_object, is_tensorboard_available, is_wandb_available
 from rich.console import Console
-from transformers import PreTrainedTokenizerBase, get_scheduler
+from transformers import get_scheduler
 
 from reft_cli.config.schema import RunConfig
-from reft_cli.data.examples import IGNORE_INDEX, Example, LoadedData, collate, load_data
+from reft_cli.data.examples import IGNORE_INDEX, collate
 from reft_cli.engine.adapter_io import atomic_write_text
-from reft_cli.engine.base_models import load_model, load_tokenizer
 from reft_cli.engine.folder_names import LOG_NAME, PLOT_NAME, TRAINING_CONFIG_NAME, checkpoint_name
-from reft_cli.engine.lora_config import LoraAdapterConfig
-from reft_cli.engine.reft_model import ReftModel, get_reft_model
+from reft_cli.engine.reft_model import ReftModel
 from reft_cli.errors import ReftError
-from reft_cli.metrics import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
 from reft_cli.training.device_io import LossWatch, to_device
 from reft_cli.training.loss import forward, loss_sum, takes_logits_to_keep
 from reft_cli.training.model_card import write_lora_card, write_model_card
@@ -50,6 +46,7 @@ from reft_cli.training.run_dir import (
     start_output_dir,
     write_checkpoint,
 )
+from reft_cli.training.setup import build
 from reft_cli.training.step_plan import group_by_length, plan_epoch, steps_per_epoch
 from reft_cli.training.train_state import (
     Progress,
@@ -57,82 +54,10 @@ from reft_cli.training.train_state import (
     load_training_state,
     save_training_state,
 )
+from reft_cli.training.validation import evaluate
 
 if TYPE_CHECKING:
-    from reft_cli.engine.lora import LoraModel
-
-
-@dataclass
-class Setup:
-    """Everything built from a config before the first step."""
-
-    run: RunConfig
-    tokenizer: PreTrainedTokenizerBase
-    model: ReftModel | LoraModel
-    data: LoadedData
-
-
-def build(run: RunConfig) -> Setup:
-    """Load tokenizer, data and base model, and wrap the model with the configured interventions
-    (or, with `method: lora`, with LoRA)."""
-    set_seed(run.train.seed)
-    tokenizer = load_tokenizer(run.model.name_or_path, run.model.revision)
-    data = load_data(
-        run.data,
-        run.model.task_type,
-        tokenizer,
-        num_labels=run.model.num_labels,
-        seed=run.train.seed,
-    )
-    extra: dict[str, Any] = (
-        {"num_labels": data.num_labels} if run.model.task_type == "seq_cls" else {}
-    )
-    if run.model.device_map is not None:  # accelerate keeps a dispatched model where it is
-        extra["device_map"] = run.model.device_map
-    base = load_model(
-        run.model.name_or_path,
-        task_type=run.model.task_type,
-        dtype=run.model.dtype,
-        revision=run.model.revision,
-        trust_remote_code=run.model.trust_remote_code,
-        **extra,
-    )
-    if base.config.pad_token_id is None:
-        base.config.pad_token_id = tokenizer.pad_token_id
-    settings: dict[str, Any] = {
-        "padding_side": tokenizer.padding_side,
-        "pad_token": tokenizer.pad_token,
-    }
-    if data.label_names:
-        settings["label_names"] = data.label_names
-    if run.method == "lora":
-        return Setup(run, tokenizer, _lora_model(run, base, data, settings), data)
-    reft_config = run.reft_config(base.config.get_text_config().num_hidden_layers)
-    if run.method == "probe":  # the head alone: an adapter with no interventions
-        reft_config.interventions = []
-    reft_config.prompt_template = data.template
-    reft_config.system_prompt = run.data.system_prompt
-    reft_config.tokenizer = settings
-    return Setup(run, tokenizer, get_reft_model(base, reft_config), data)
-
-
-def _lora_model(
-    run: RunConfig, base: torch.nn.Module, data: LoadedData, tokenizer: dict[str, Any]
-) -> LoraModel:
-    """The LoRA baseline on `base`; PEFT is imported only when a run asks for it."""
-    from reft_cli.engine.lora import get_lora_model
-
-    config = LoraAdapterConfig(
-        base_model=run.model.name_or_path,
-        base_model_revision=run.model.revision,
-        task_type=run.model.task_type,
-        dtype=run.model.dtype,
-        num_labels=data.num_labels if run.model.task_type == "seq_cls" else None,
-        prompt_template=data.template,
-        system_prompt=run.data.system_prompt,
-        tokenizer=tokenizer,
-    )
-    return get_lora_model(base, run.lora, config)
+    pass
 
 
 class Trainer:
@@ -481,63 +406,6 @@ def _targets(labels: torch.Tensor, task_type: str) -> torch.Tensor:
     if task_type == "causal_lm":
         return labels[:, 1:].ne(IGNORE_INDEX).sum()
     return torch.tensor(labels.shape[0], device=labels.device)
-
-
-@torch.no_grad()
-def evaluate(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    examples: list[Example],
-    tokenizer: PreTrainedTokenizerBase,
-    run: RunConfig,
-    head_on_targets: bool = False,
-) -> dict[str, float]:
-    """Mean eval loss over all processes' shares; for classification also the GLUE metrics
-    (accuracy, F1 for two classes, Matthews correlation; Pearson/Spearman for regression).
-    `head_on_targets` runs a causal LM's head on the response-predicting positions only."""
-    model.eval()
-    task_type = run.model.task_type
-    size = run.train.per_device_eval_batch_size
-    mine = examples[accelerator.process_index :: accelerator.num_processes]
-    totals = torch.zeros(2, device=accelerator.device)  # loss sum, count
-    predictions: list[float] = []
-    labels: list[float] = []
-    regression = False
-    for i in range(0, len(mine), size):
-        batch = collate(mine[i : i + size], tokenizer.pad_token_id)
-        batch = to_device(batch, accelerator.device)
-        with accelerator.autocast():
-            logits, targets = forward(model, batch, task_type, head_on_targets)
-        summed, count = loss_sum(logits, targets, task_type)
-        totals += torch.stack([summed.float(), count.float()])
-        if task_type == "seq_cls":
-            regression = logits.shape[-1] == 1
-            predicted = logits.squeeze(-1) if regression else logits.argmax(-1)
-            predictions += predicted.float().tolist()
-            labels += batch["labels"].float().tolist()
-    totals = accelerator.reduce(totals, "sum")
-    metrics = {"eval_loss": (totals[0] / totals[1].clamp(min=1)).item()}
-    if task_type == "seq_cls":
-        predictions = [p for part in gather_object([predictions]) for p in part]
-        labels = [g for part in gather_object([labels]) for g in part]
-        scores = _classification_metrics(predictions, labels, regression)
-        metrics.update({f"eval_{k}": v for k, v in scores.items()})
-    return metrics
-
-
-def _classification_metrics(
-    predictions: list[float], labels: list[float], regression: bool
-) -> dict[str, float]:
-    if regression:
-        return {"pearson": pearson(predictions, labels), "spearmanr": spearman(predictions, labels)}
-    preds, gold = [int(p) for p in predictions], [int(g) for g in labels]
-    out = {
-        "accuracy": accuracy(preds, gold),
-        "matthews_correlation": matthews_corrcoef(preds, gold),
-    }
-    if set(gold) | set(preds) <= {0, 1}:
-        out["f1"] = f1_binary(preds, gold)
-    return out
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -20,7 +20,7 @@ from reft_cli.data.templates import make_template
 from reft_cli.engine.base_models import load_model
 from reft_cli.evaluation.evaluate import EvalOptions, run_eval
 from reft_cli.evaluation.tasks import load_task_rows, parse_task_refs
-from reft_cli.training.trainer import build
+from reft_cli.training.setup import build
 from tests.conftest import BOS, EOS, PAD, TINY_CONFIGS, byte_tokenizer, tiny_model_dir
 
 CONFIGS = Path(__file__).parents[2] / "configs"

@@ -9,7 +9,7 @@ from reft_cli.config.schema import RunConfig
 from reft_cli.config.splits import SplitSpec, glue_resplit, parse_split_spec, take_split
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.tasks import load_task_rows, parse_task_refs
-from reft_cli.training.trainer import build
+from reft_cli.training.setup import build
 from tests.conftest import tiny_model_dir
 
 

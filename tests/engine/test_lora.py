@@ -25,7 +25,8 @@ from reft_cli.evaluation.predict import generate_texts, load_for_eval
 from reft_cli.generation.answers import Answerer
 from reft_cli.generation.frontends import parse_adapter_specs
 from reft_cli.interop.export import export_adapter
-from reft_cli.training.trainer import Trainer, build
+from reft_cli.training.setup import build
+from reft_cli.training.trainer import Trainer
 from tests.cli.test_cli import reft
 from tests.conftest import quick_train, tiny_model_dir
 

@@ -313,7 +313,7 @@ def test_sequence_classification_trains_a_head(tmp_path):
 
 
 def test_classification_metrics_match_the_scorers():
-    from reft_cli.training.trainer import _classification_metrics
+    from reft_cli.training.validation import _classification_metrics
 
     got = _classification_metrics([1, 0, 1, 1], [1, 0, 0, 1], regression=False)
     assert got["accuracy"] == 0.75 and got["f1"] == pytest.approx(0.8)
@@ -400,22 +400,24 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
 def test_eval_loss_with_the_head_on_targets_equals_the_full_head(
     llama_dir, data_file, tmp_path, monkeypatch
 ):
-    import reft_cli.training.trainer as trainer
+    import reft_cli.training.validation as validation
 
     run = config(llama_dir, data_file, tmp_path / "run", dropout=0.0, max_steps=2)
     loop = Trainer(run, Console(quiet=True))
     loop.train()
-    real, shapes = trainer.forward, {}
+    real, shapes = validation.forward, {}
 
     def spy(model, batch, task_type, head_on_targets):
         logits, targets = real(model, batch, task_type, head_on_targets)
         shapes.setdefault(head_on_targets, []).append(tuple(logits.shape))
         return logits, targets
 
-    monkeypatch.setattr(trainer, "forward", spy)
+    monkeypatch.setattr(validation, "forward", spy)
     examples = loop.data.train
     kept, full = (
-        trainer.evaluate(loop.accelerator, loop.wrapped, examples, loop.setup.tokenizer, run, flag)
+        validation.evaluate(
+            loop.accelerator, loop.wrapped, examples, loop.setup.tokenizer, run, flag
+        )
         for flag in (True, False)
     )
     assert kept["eval_loss"] == pytest.approx(full["eval_loss"], abs=1e-6)
