@@ -156,3 +156,33 @@ def server(models, tmp_path_factory):
         yield live.wait()
     finally:
         live.stop()
+
+
+PROMPTS = ["Hello", "Who are you?", "2 + 3 =", "Tell me a story about a cat", "x", "ReFT"]
+MAX_TOKENS = 6
+
+
+@pytest.fixture(scope="session")
+def expected(models) -> dict[tuple[str, str, str], str]:
+    """Greedy answers as `reft generate` gives them, row by row, in this process:
+    (route, model, prompt) -> text. Completions send the text as is (`--raw`); chat goes through
+    the adapter's chat template and system prompt."""
+    from reft_cli.config.schema import GenerateConfig
+    from reft_cli.engine.loading import Placement, load_adapters
+    from reft_cli.generation.answers import Answerer
+
+    loaded = load_adapters(
+        {"emoji": models["emoji"], "math": models["math"]}, placement=Placement(device="cpu")
+    )
+    settings = GenerateConfig(max_new_tokens=MAX_TOKENS)
+    raw, templated = Answerer(loaded, raw=True), Answerer(loaded)
+    found = {}
+    for prompt in PROMPTS:
+        for name in ("emoji", "math", "base"):
+            found["completions", name, prompt] = raw.answer([name], [{"prompt": prompt}], settings)[
+                0
+            ][0]
+        found["chat", "math", prompt] = templated.answer(["math"], [{"prompt": prompt}], settings)[
+            0
+        ][0]
+    return found

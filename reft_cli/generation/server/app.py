@@ -144,7 +144,7 @@ class Record:
         self.id = uuid.uuid4().hex[:24]
         self.job, self.pending = job, pending
         self.route = request.url.path
-        self.start = time.monotonic()
+        self.start = min(r.queued_at for r in pending.rows)
         self.logged = False
 
     def log(self, status: int) -> None:

@@ -201,6 +201,8 @@ def _prompt_list(prompt: Any) -> list[str | list[int]]:
 
 def _encode_prompt(prompt: str | list[int], ctx: Context) -> list[int]:
     if isinstance(prompt, str):
+        if not prompt:
+            raise bad_request("the prompt is empty", "prompt")
         return ctx.tokenizer(prompt)["input_ids"]
     vocab = len(ctx.tokenizer)
     if any(not 0 <= t < vocab for t in prompt):
