@@ -88,4 +88,6 @@ def test_mixed_load_is_answered_correctly_and_leaves_the_server_healthy(server, 
         time.sleep(0.1)
     assert httpx.get(server.url + "/health").json()["waiting"] == 0
     one(0, server.url, expected)
-    assert "Traceback" not in server.output()
+    log = server.output()
+    assert "Traceback" not in log
+    assert '"status": 499' in log  # the clients that left were seen leaving, their rows stopped
