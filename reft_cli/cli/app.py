@@ -11,7 +11,17 @@ import sys
 import typer
 from rich.text import Text
 
-from reft_cli.cli import configs, evaluate, export, generate, import_pyreft, reproduce, smoke, train
+from reft_cli.cli import (
+    configs,
+    evaluate,
+    export,
+    generate,
+    import_pyreft,
+    reproduce,
+    serve,
+    smoke,
+    train,
+)
 from reft_cli.cli.common import console
 from reft_cli.config.validation import ConfigError, render_problems
 from reft_cli.errors import ReftError
@@ -36,6 +46,7 @@ app.command("eval")(evaluate.eval_)
 app.command("export")(export.export)
 app.command("import")(import_pyreft.import_)
 app.command("reproduce")(reproduce.reproduce_)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:
