@@ -138,6 +138,54 @@ def test_state_uses_pyreft_parameter_names(type_name, keys):
     assert set(to_pyreft_state(type_name, perturbed(type_name), D)) == keys
 
 
+# pyreft 0.1.0's NoreftIntervention and NodireftIntervention, as literals: W1, b is
+# `learned_source` (Linear(d, r) with bias), W2 is `proj_layer` (Linear(d, r), bias only with
+# add_bias), and the forward passes are
+#     noreft:  h + (act(learned_source(h)) − proj_layer(h)) @ proj_layer.weight
+#     direft:  h + act(learned_source(h)) @ proj_layer.weight
+W1 = torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, -1.0, 0.0, 3.0]])  # learned_source.weight, r×d
+B = torch.tensor([0.5, -0.5])  # learned_source.bias
+W2 = torch.tensor([[0.0, 0.25, 0.0, 0.5], [-0.5, 0.0, 0.75, 0.0]])  # proj_layer.weight, r×d
+H = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
+
+
+def pyreft_forward(type_name, h):
+    """pyreft's forward for the literal W1, b, W2 above (identity act), written out."""
+    source = h @ W1.T + B
+    if type_name == "noreft":
+        return h + (source - h @ W2.T) @ W2
+    return h + source @ W2
+
+
+@pytest.mark.parametrize("type_name", ["noreft", "direft"])
+def test_export_writes_w1_as_learned_source_and_w2_as_proj_layer(type_name):
+    module = build_intervention(type_name, 4, 2)
+    with torch.no_grad():
+        module.source.weight.copy_(W1)
+        module.source.bias.copy_(B)
+        module.proj.weight.copy_(W2)
+    torch.testing.assert_close(module(H), pyreft_forward(type_name, H))  # the literals are W1, W2
+    exported = to_pyreft_state(type_name, module.state_dict(), 4)
+    assert torch.equal(exported["learned_source.weight"], W1)
+    assert torch.equal(exported["learned_source.bias"], B)
+    assert torch.equal(exported["proj_layer.weight"], W2)
+
+
+@pytest.mark.parametrize("type_name", ["noreft", "direft"])
+def test_import_reads_learned_source_as_w1_and_proj_layer_as_w2(type_name):
+    pyreft_state = {
+        "learned_source.weight": W1.clone(),
+        "learned_source.bias": B.clone(),
+        "proj_layer.weight": W2.clone(),
+        "embed_dim": torch.tensor(4),
+        "interchange_dim": torch.tensor(4),
+    }
+    module = build_intervention(type_name, 4, 2)
+    module.load_state_dict(from_pyreft_state(type_name, pyreft_state, "f"))
+    with torch.no_grad():
+        torch.testing.assert_close(module(H), pyreft_forward(type_name, H))
+
+
 def test_loreft_rotate_layer_is_the_transposed_orthonormal_r():
     state = perturbed("loreft")
     exported = to_pyreft_state("loreft", state, D)
