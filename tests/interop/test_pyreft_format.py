@@ -37,6 +37,17 @@ def torch_orthogonal(state=None):
     return module
 
 
+def gram_schmidt_rows(weight):
+    """Orthonormal rows spanning `weight`'s row space, by classical Gram–Schmidt: an independent
+    reference for the R reft exports (each row keeps a positive component along its original)."""
+    rows = []
+    for w in weight.double():
+        for q in rows:
+            w = w - (q @ w) * q
+        rows.append(w / w.norm())
+    return torch.stack(rows).float()
+
+
 def perturbed(type_name, add_bias=False):
     torch.manual_seed(0)
     module = build_intervention(type_name, D, R, add_bias=add_bias)
@@ -190,7 +201,13 @@ def test_loreft_rotate_layer_is_the_transposed_orthonormal_r():
     state = perturbed("loreft")
     exported = to_pyreft_state("loreft", state, D)
     assert exported["rotate_layer"].shape == (D, R)
-    assert torch.equal(exported["rotate_layer"], orthonormal_rows(state["rotation.weight"]).T)
+    # Exactly the R reft's own forward uses, and that R is the Gram–Schmidt of the weight's rows.
+    module = build_intervention("loreft", D, R)
+    module.load_state_dict(state)
+    assert torch.equal(exported["rotate_layer"], module.rotation().T)
+    torch.testing.assert_close(
+        exported["rotate_layer"], gram_schmidt_rows(state["rotation.weight"]).T, atol=1e-6, rtol=0
+    )
     assert torch.equal(exported["weight"], state["source.weight"])
 
 
@@ -203,6 +220,9 @@ def test_torch_parametrization_of_the_export_computes_r_bit_for_bit(type_name):
     module = torch_orthogonal(rotation)
     with torch.no_grad():
         assert torch.equal(module.weight, orthonormal_rows(state["rotation.weight"]).T)
+        torch.testing.assert_close(
+            module.weight, gram_schmidt_rows(state["rotation.weight"]).T, atol=1e-6, rtol=0
+        )
         base = exported["rotate_layer.parametrizations.weight.0.base"]
         assert torch.allclose(base.T @ base, torch.eye(D), atol=1e-5)  # pyreft can train on
     assert int(exported["embed_dim"]) == D
@@ -227,6 +247,8 @@ def test_decoding_an_export_gives_back_the_orthonormal_weights(type_name):
     for key, value in state.items():
         expected = orthonormal_rows(value) if key == "rotation.weight" else value
         assert torch.equal(decoded[key], expected), key
+        if key == "rotation.weight":
+            torch.testing.assert_close(decoded[key], gram_schmidt_rows(value), atol=1e-6, rtol=0)
 
 
 def test_unexpected_and_missing_keys_name_the_class():
