@@ -47,6 +47,17 @@ class _Reached(Exception):
         self.hidden = hidden
 
 
+@dataclass(frozen=True)
+class CacheState:
+    """What the frozen-state cache does now, for logs and tests: whether it is on at all, which of
+    its two parts are on, and why it stepped back (or a part is off), if it did."""
+
+    on: bool  # False: every step runs the plain path
+    prefix: bool  # the frozen prefix's keys and values are cached
+    layers: bool  # the input to the lowest intervened layer is cached (it is above layer 0)
+    reason: str  # why caching stepped back or a part is off; "" when nothing was turned off
+
+
 class PrefixCache:
     """Per-example frozen states (prefix keys and values, lowest-layer input) and the forward pass
     that uses them; the losses and gradients equal the plain path's."""
@@ -83,6 +94,16 @@ class PrefixCache:
         if dropout:
             self.active = False
             self.note = f"frozen-state cache off: the base model has dropout ({dropout})"
+
+    @property
+    def state(self) -> CacheState:
+        """Whether the cache is on, which parts, and the reason it stepped back, if it did."""
+        return CacheState(
+            on=self.active,
+            prefix=self.active and self.cache_prefix,
+            layers=self.active and self.start > 0,
+            reason=self.note,
+        )
 
     @staticmethod
     def applies(model: ReftModel, task_type: str) -> bool:

@@ -53,6 +53,54 @@ def test_formula_matches_hand_computation(name):
     torch.testing.assert_close(iv(h), by_hand(iv, h), rtol=1e-5, atol=1e-5)
 
 
+def relu_by_hand(v: torch.Tensor) -> torch.Tensor:
+    """ReLU written out, independent of torch's and transformers' activations."""
+    return torch.where(v > 0, v, torch.zeros_like(v))
+
+
+def by_hand_with_act(iv: Intervention, h: torch.Tensor) -> torch.Tensor:
+    """The DESIGN.md formula for each type with act = ReLU, one vector at a time: act wraps
+    W h + b only (never the − R h term), and ConsReFT and LoBiReFT have no act at all."""
+    out = []
+    for x in h:
+        if iv.type_name == "loreft":
+            rot = iv.rotation()
+            y = x + rot.T @ (relu_by_hand(iv.source.weight @ x + iv.source.bias) - rot @ x)
+        elif iv.type_name == "noreft":
+            w2x = iv.proj.weight @ x
+            y = x + iv.proj.weight.T @ (relu_by_hand(iv.source.weight @ x + iv.source.bias) - w2x)
+        elif iv.type_name == "direft":
+            y = x + iv.proj.weight.T @ relu_by_hand(iv.source.weight @ x + iv.source.bias)
+        elif iv.type_name == "orth_direft":
+            y = x + iv.rotation().T @ relu_by_hand(iv.source.weight @ x + iv.source.bias)
+        elif iv.type_name == "consreft":
+            rot = iv.rotation()
+            y = x + rot.T @ (iv.source - rot @ x)
+        elif iv.type_name == "lobireft":
+            y = x + iv.rotation().T @ iv.source
+        out.append(y)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    "name", ["loreft", "noreft", "direft", "orth_direft", "consreft", "lobireft"]
+)
+def test_act_fn_applies_where_the_formula_puts_it(name):
+    iv = build_intervention(name, D, R, act_fn="relu")
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        # Biases of both signs so that ReLU zeroes some of W h + b and keeps the rest.
+        # For ConsReFT and LoBiReFT, a b of both signs: an act put on it would change it.
+        bias = iv.source.bias if isinstance(iv.source, nn.Linear) else iv.source
+        bias.copy_(torch.linspace(-1.0, 1.0, R))
+    h = vectors()
+    if name not in ("consreft", "lobireft"):  # the values reach ReLU's kink: the act matters
+        pre = iv.source(h)
+        assert (pre < 0).any() and (pre > 0).any()
+    torch.testing.assert_close(iv(h), by_hand_with_act(iv, h), rtol=1e-5, atol=1e-5)
+
+
 def test_noreft_add_bias_puts_a_bias_on_w2():
     iv = build_intervention("noreft", D, R, add_bias=True)
     with torch.no_grad():

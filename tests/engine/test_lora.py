@@ -21,7 +21,7 @@ from reft_cli.engine.lora import LoraModel
 from reft_cli.engine.reft_model import BASE
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.evaluate import EvalOptions, run_eval
-from reft_cli.evaluation.predict import generate_texts, load_for_eval
+from reft_cli.evaluation.predict import load_for_eval
 from reft_cli.generation.answers import Answerer
 from reft_cli.generation.frontends import parse_adapter_specs
 from reft_cli.interop.export import export_adapter
@@ -284,7 +284,7 @@ def test_corrupt_or_mismatched_folders_give_one_line_errors(root, trained, tmp_p
 # ---------------------------------------------------------------------------- eval and generate
 
 
-def test_eval_scores_a_lora_folder(strong, tmp_path):
+def test_eval_scores_a_lora_folder(root, strong, tmp_path):
     boolq = write_jsonl(
         tmp_path / "boolq.jsonl",
         [
@@ -302,9 +302,30 @@ def test_eval_scores_a_lora_folder(strong, tmp_path):
     weights = (strong / "adapter_model.safetensors").read_bytes()
     assert report["adapter"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     predictions = [json.loads(x) for x in (tmp_path / "predictions" / "boolq.jsonl").open()]
-    subject = load_for_eval(strong, ModelConfig())
-    prompts = [subject.tokenizer(p["prompt"])["input_ids"] for p in predictions]
-    assert [p["generation"] for p in predictions] == generate_texts(subject, prompts, 16, 4)
+    # The reference: PEFT's own loader and transformers' greedy generate, one prompt at a time
+    # (no padding), decoded without special tokens.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "llama")
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(root / "llama"), strong
+    ).eval()
+    expected = []
+    for p in predictions:
+        ids = tokenizer(p["prompt"], return_tensors="pt")
+        with torch.no_grad():
+            out = reference.generate(
+                **ids,
+                max_new_tokens=4,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        expected.append(
+            tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
+        )
+    assert [p["generation"] for p in predictions] == expected
 
 
 def test_generate_answers_with_the_lora_and_apart_with_the_base(root, strong):

@@ -1,11 +1,13 @@
 """The embedded SmolLM2: alias resolution, the cached de-quantized copy, and a real training step."""
 
-import time
+import importlib.metadata
+from pathlib import Path
 
 import pytest
 import torch
 
 from reft_cli import ReftConfig, get_reft_model
+from reft_cli.engine import base_models
 from reft_cli.engine.base_models import EMBEDDED, load_model, load_tokenizer
 from reft_cli.errors import ReftError
 from tests.conftest import needs_smollm2
@@ -15,15 +17,22 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def smollm2():
-    load_model(MODEL)  # the first load de-quantizes and caches; later loads are timed in a test
+    load_model(MODEL)  # the first load de-quantizes and caches; later loads read the copy
     return load_tokenizer(MODEL)
 
 
 @needs_smollm2
-def test_cached_copy_loads_fast(smollm2):
-    start = time.perf_counter()
+def test_later_loads_read_the_cached_fp32_copy_and_never_dequantize(smollm2, monkeypatch):
+    def dequantize(*args):
+        raise AssertionError("the GGUF was de-quantized again")
+
+    monkeypatch.setattr(base_models, "_dequantize", dequantize)
+    path, extra = base_models.resolve(MODEL)
+    version = importlib.metadata.version(EMBEDDED[MODEL].package)
+    assert Path(path) == base_models.cache_dir() / "models" / f"{MODEL}-{version}"
+    assert extra == {}  # no gguf_file: transformers reads the plain copy
     model = load_model(MODEL)
-    assert time.perf_counter() - start < 2.0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
     assert smollm2.pad_token == "<|im_end|>" and smollm2.chat_template
 

@@ -15,7 +15,6 @@ from reft_cli.engine.loading import LoadedModel
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.evaluate import EvalOptions, plan_eval, run_eval
 from reft_cli.evaluation.predict import generate_texts
-from reft_cli.evaluation.scorers import score_commonsense
 from tests.cli.test_cli import reft
 from tests.conftest import tiny_model_dir
 
@@ -105,14 +104,36 @@ def test_results_and_predictions_are_written_and_consistent(setup, tmp_path):
     assert saved["base_model"] == str(model_dir) and saved["max_new_tokens"] == 3
     predictions = read_predictions(tmp_path, "boolq")
     assert [p["prompt"] for p in predictions] == [r["instruction"] + "\n" for r in BOOLQ[:3]]
+    # Three new tokens cannot hold `the correct answer is `: every row parses to nothing and is
+    # wrong (test_the_score_is_the_share_of_rows_whose_parsed_answer_matches has right rows).
+    assert all(p["generation"] for p in predictions)
     for p, row in zip(predictions, BOOLQ, strict=False):
-        scored = score_commonsense(p["generation"], row["answer"])
-        assert (p["parsed"], p["gold"], p["correct"]) == (
-            scored.parsed,
-            row["answer"],
-            scored.correct,
-        )
-    assert task["score"] == sum(p["correct"] for p in predictions) / 3
+        assert (p["parsed"], p["gold"], p["correct"]) == (None, row["answer"], False)
+    assert task["score"] == 0.0
+
+
+def test_the_score_is_the_share_of_rows_whose_parsed_answer_matches(setup, tmp_path, monkeypatch):
+    _, _, adapter, data = setup
+    generations = [
+        "the correct answer is true",  # gold true: right
+        "the correct answer is true",  # gold false: wrong
+        "the correct answer is true.",  # gold true, but not an exact match: wrong
+        "so, the correct answer is false",  # gold false: right
+    ]
+    monkeypatch.setattr(
+        "reft_cli.evaluation.evaluate.generate_texts",
+        lambda subject, ids, batch_size, max_new, advance: generations[: len(ids)],
+    )
+    report = evaluate(adapter=adapter, tasks=[f"boolq={data}"], output=tmp_path)
+    predictions = read_predictions(tmp_path, "boolq")
+    assert [(p["parsed"], p["gold"], p["correct"]) for p in predictions] == [
+        ("true", "true", True),
+        ("true", "false", False),
+        ("true.", "true", False),
+        ("false", "false", True),
+    ]
+    assert report["tasks"]["boolq"]["num_examples"] == 4
+    assert report["tasks"]["boolq"]["score"] == 0.5
 
 
 def test_an_eval_run_reads_the_adapter_record_once(setup, tmp_path, monkeypatch):

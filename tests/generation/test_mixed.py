@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from reft_cli import ReftConfig, ReftModel, get_reft_model
+from reft_cli.engine.interventions import Intervention
 from reft_cli.errors import ReftError
 from tests.conftest import VOCAB, tiny_model
 
@@ -41,17 +42,31 @@ def test_cached_greedy_equals_full_recompute(share_weights, positions):
         with model.disable_adapter():
             base = model.model.generate(prompt[None], **GREEDY)
         assert cached.shape == base.shape
+        assert not torch.equal(cached, base)  # the adapter changed what was generated
 
 
-def test_edits_reach_generation_and_decode_steps_are_unedited():
+def test_edits_reach_generation():
     model = adapter()
     prompt = prompts()[0][None]
     with model.disable_adapter():
         base = model.generate(prompt, **GREEDY)
     assert not torch.equal(model.generate(prompt, **GREEDY), base)
-    # A decode step re-editing its one token would differ from the full recompute reference,
-    # which is what test_cached_greedy_equals_full_recompute checks; here: hooks are idle after.
-    assert model._plan is None
+
+
+def test_interventions_run_on_the_prompt_pass_only():
+    # Decode steps read the edited prompt from the KV cache and are never edited themselves
+    # (test_cached_greedy_equals_full_recompute checks the tokens; this, where the edits ran).
+    model = adapter()
+    prompt = prompts()[0][None]
+    passes, edited = [], []  # base-model forward passes; the pass each intervention ran in
+    model.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    for module in model.modules():
+        if isinstance(module, Intervention):
+            module.register_forward_hook(lambda *_: edited.append(len(passes)))
+    model.generate(prompt, **GREEDY)
+    assert len(passes) == GREEDY["max_new_tokens"]  # the prompt pass, then 7 decode steps
+    # Layers 0 and 2, tied weights: one intervention call each, both in the prompt pass.
+    assert edited == [1, 1]
 
 
 def left_padded(rows):

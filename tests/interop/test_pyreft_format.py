@@ -37,6 +37,17 @@ def torch_orthogonal(state=None):
     return module
 
 
+def gram_schmidt_rows(weight):
+    """Orthonormal rows spanning `weight`'s row space, by classical Gram–Schmidt: an independent
+    reference for the R reft exports (each row keeps a positive component along its original)."""
+    rows = []
+    for w in weight.double():
+        for q in rows:
+            w = w - (q @ w) * q
+        rows.append(w / w.norm())
+    return torch.stack(rows).float()
+
+
 def perturbed(type_name, add_bias=False):
     torch.manual_seed(0)
     module = build_intervention(type_name, D, R, add_bias=add_bias)
@@ -138,11 +149,65 @@ def test_state_uses_pyreft_parameter_names(type_name, keys):
     assert set(to_pyreft_state(type_name, perturbed(type_name), D)) == keys
 
 
+# pyreft 0.1.0's NoreftIntervention and NodireftIntervention, as literals: W1, b is
+# `learned_source` (Linear(d, r) with bias), W2 is `proj_layer` (Linear(d, r), bias only with
+# add_bias), and the forward passes are
+#     noreft:  h + (act(learned_source(h)) − proj_layer(h)) @ proj_layer.weight
+#     direft:  h + act(learned_source(h)) @ proj_layer.weight
+W1 = torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, -1.0, 0.0, 3.0]])  # learned_source.weight, r×d
+B = torch.tensor([0.5, -0.5])  # learned_source.bias
+W2 = torch.tensor([[0.0, 0.25, 0.0, 0.5], [-0.5, 0.0, 0.75, 0.0]])  # proj_layer.weight, r×d
+H = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
+
+
+def pyreft_forward(type_name, h):
+    """pyreft's forward for the literal W1, b, W2 above (identity act), written out."""
+    source = h @ W1.T + B
+    if type_name == "noreft":
+        return h + (source - h @ W2.T) @ W2
+    return h + source @ W2
+
+
+@pytest.mark.parametrize("type_name", ["noreft", "direft"])
+def test_export_writes_w1_as_learned_source_and_w2_as_proj_layer(type_name):
+    module = build_intervention(type_name, 4, 2)
+    with torch.no_grad():
+        module.source.weight.copy_(W1)
+        module.source.bias.copy_(B)
+        module.proj.weight.copy_(W2)
+    torch.testing.assert_close(module(H), pyreft_forward(type_name, H))  # the literals are W1, W2
+    exported = to_pyreft_state(type_name, module.state_dict(), 4)
+    assert torch.equal(exported["learned_source.weight"], W1)
+    assert torch.equal(exported["learned_source.bias"], B)
+    assert torch.equal(exported["proj_layer.weight"], W2)
+
+
+@pytest.mark.parametrize("type_name", ["noreft", "direft"])
+def test_import_reads_learned_source_as_w1_and_proj_layer_as_w2(type_name):
+    pyreft_state = {
+        "learned_source.weight": W1.clone(),
+        "learned_source.bias": B.clone(),
+        "proj_layer.weight": W2.clone(),
+        "embed_dim": torch.tensor(4),
+        "interchange_dim": torch.tensor(4),
+    }
+    module = build_intervention(type_name, 4, 2)
+    module.load_state_dict(from_pyreft_state(type_name, pyreft_state, "f"))
+    with torch.no_grad():
+        torch.testing.assert_close(module(H), pyreft_forward(type_name, H))
+
+
 def test_loreft_rotate_layer_is_the_transposed_orthonormal_r():
     state = perturbed("loreft")
     exported = to_pyreft_state("loreft", state, D)
     assert exported["rotate_layer"].shape == (D, R)
-    assert torch.equal(exported["rotate_layer"], orthonormal_rows(state["rotation.weight"]).T)
+    # Exactly the R reft's own forward uses, and that R is the Gram–Schmidt of the weight's rows.
+    module = build_intervention("loreft", D, R)
+    module.load_state_dict(state)
+    assert torch.equal(exported["rotate_layer"], module.rotation().T)
+    torch.testing.assert_close(
+        exported["rotate_layer"], gram_schmidt_rows(state["rotation.weight"]).T, atol=1e-6, rtol=0
+    )
     assert torch.equal(exported["weight"], state["source.weight"])
 
 
@@ -155,6 +220,9 @@ def test_torch_parametrization_of_the_export_computes_r_bit_for_bit(type_name):
     module = torch_orthogonal(rotation)
     with torch.no_grad():
         assert torch.equal(module.weight, orthonormal_rows(state["rotation.weight"]).T)
+        torch.testing.assert_close(
+            module.weight, gram_schmidt_rows(state["rotation.weight"]).T, atol=1e-6, rtol=0
+        )
         base = exported["rotate_layer.parametrizations.weight.0.base"]
         assert torch.allclose(base.T @ base, torch.eye(D), atol=1e-5)  # pyreft can train on
     assert int(exported["embed_dim"]) == D
@@ -179,6 +247,8 @@ def test_decoding_an_export_gives_back_the_orthonormal_weights(type_name):
     for key, value in state.items():
         expected = orthonormal_rows(value) if key == "rotation.weight" else value
         assert torch.equal(decoded[key], expected), key
+        if key == "rotation.weight":
+            torch.testing.assert_close(decoded[key], gram_schmidt_rows(value), atol=1e-6, rtol=0)
 
 
 def test_unexpected_and_missing_keys_name_the_class():

@@ -9,8 +9,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from reft_cli import ReftConfig, get_reft_model
 from reft_cli.errors import ReftError
+from reft_cli.training import prefix_cache as prefix_cache_module
 from reft_cli.training.loss import check_selected, forward, loss_sum
-from reft_cli.training.prefix_cache import PrefixCache
+from reft_cli.training.prefix_cache import CacheState, PrefixCache
 from tests.conftest import TINY_CONFIGS, VOCAB, tiny_model
 from tests.training.host_reads import spy_host_reads
 
@@ -75,6 +76,11 @@ def assert_same(model, data, cache, passes=2):
             torch.testing.assert_close(grads[name], plain[name], atol=1e-5, rtol=1e-5)
 
 
+def assert_stayed_on(cache, prefix, layers, reason=""):
+    """The cache did not step back: it is on with exactly these parts, for no other reason."""
+    assert cache.state == CacheState(on=True, prefix=prefix, layers=layers, reason=reason)
+
+
 def count_calls(module):
     calls = []
     module.register_forward_hook(lambda *_: calls.append(1))
@@ -92,6 +98,7 @@ def test_every_optimization_on_equals_the_plain_path(share_weights, positions, l
     data = batch()
     assert_same(model, data, cache)
     assert cache.active and not cache.note
+    assert_stayed_on(cache, prefix=True, layers=True)
     below, above = count_calls(model.architecture.blocks[0]), count_calls(cache.blocks[-1])
     cache.forward(model, data)  # reads the cache: the blocks below the lowest layer never run
     assert below == [] and above == [1]
@@ -110,6 +117,7 @@ def test_each_optimization_alone_equals_the_plain_path(switches):
     cache = PrefixCache(model, 2**30, **switches)
     assert cache.start == (1 if switches["layers"] else 0)
     assert_same(model, batch(), cache)
+    assert_stayed_on(cache, prefix=switches["prefix"], layers=switches["layers"])
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma", "phi3", "gpt_neox"])
@@ -118,6 +126,7 @@ def test_other_families_run_from_the_lowest_layer(family):
     cache = PrefixCache(model, 2**30, head_on_targets=True)
     assert_same(model, batch(), cache)
     assert cache.active and cache.start == 2 and not cache.note
+    assert_stayed_on(cache, prefix=True, layers=True)
 
 
 @pytest.mark.parametrize("tied_embeddings", [True, False])
@@ -157,6 +166,7 @@ def test_states_are_computed_once_and_then_read():
     assert (cache.misses, cache.hits) == (4, 8)
     assert len(cache.store) == 4 and "4 examples" in cache.describe()
     assert "input to layer 2" in cache.describe()
+    assert_stayed_on(cache, prefix=True, layers=True)
 
 
 def test_budget_bounds_what_is_kept_and_results_stay_equal():
@@ -164,6 +174,7 @@ def test_budget_bounds_what_is_kept_and_results_stay_equal():
     cache = PrefixCache(model, budget_bytes=0)
     assert_same(model, batch(), cache)
     assert cache.store.ram_used == 0 and not len(cache.store) and cache.hits == 0
+    assert_stayed_on(cache, prefix=True, layers=True)
 
 
 def test_what_misses_ram_goes_to_disk_and_the_files_go_at_the_end(tmp_path):
@@ -173,6 +184,7 @@ def test_what_misses_ram_goes_to_disk_and_the_files_go_at_the_end(tmp_path):
     assert len(cache.store.disk) == 4 and cache.hits == 12  # the check computes, 3 passes read
     files = list(tmp_path.glob(".frozen-cache-*/*.safetensors"))
     assert len(files) == 4 and "4 on disk" in cache.describe()
+    assert_stayed_on(cache, prefix=True, layers=True)
     cache.store.clear()
     assert not list(tmp_path.iterdir())
 
@@ -184,12 +196,46 @@ def test_a_model_the_cut_does_not_fit_steps_back_to_the_plain_path():
     cache = PrefixCache(model, 2**30, head_on_targets=True)
     assert_same(model, batch(), cache)
     assert not cache.active and "differs from the plain one" in cache.describe()
+    assert not cache.state.on and not cache.state.prefix and not cache.state.layers
+    assert cache.state.reason.startswith(
+        "frozen-state cache off: the cached path differs from the plain one (relative error"
+    )
+
+
+def test_a_layer_cut_that_does_not_fit_steps_back_to_the_prefix_with_fresh_states(monkeypatch):
+    # Corrupt the cached input to the lowest layer, as a model the layer cut does not fit would:
+    # the first batch's check must drop layer caching only, forget the states it computed for
+    # the layer cut, and go on caching the prefix with states computed afresh.
+    real_stack = prefix_cache_module._stack_hidden
+    monkeypatch.setattr(prefix_cache_module, "_stack_hidden", lambda e: real_stack(e) + 1.0)
+    model = adapter("l2", True, [2])
+    cache = PrefixCache(model, 2**30)
+    read = []
+    real_get = cache.store.get
+    cache.store.get = lambda key: read.append(real_get(key)) or read[-1]
+    data = batch()
+    assert_same(model, data, cache)
+    assert (cache.state.on, cache.state.prefix, cache.state.layers) == (True, True, False)
+    assert cache.state.reason.startswith(
+        "layer caching off: the cached path differs from the plain one (relative error"
+    )
+    # Every state read after the step back is a prefix-only one through all 4 layers, never a
+    # stale one kept for the layer cut (keys from layer 2 on, and the input to layer 2).
+    after = [e for e in read if e is not None]
+    assert after and all("hidden" not in e and e["key"].shape[1] == 4 for e in after)
+    assert cache.misses == 3  # the three rows with a prefix, computed again after the step back
 
 
 def test_a_base_model_with_dropout_is_never_cached():
     model = adapter("l2", True, [2], base_model("llama", attention_dropout=0.1))
     cache = PrefixCache(model, 2**30)
     assert not cache.active and "dropout (p=0.1)" in cache.describe()
+    assert cache.state == CacheState(
+        on=False,
+        prefix=False,
+        layers=False,
+        reason="frozen-state cache off: the base model has dropout (p=0.1)",
+    )
 
 
 def test_gradient_checkpointing_keeps_layer_caching_and_equal_gradients():
@@ -199,6 +245,9 @@ def test_gradient_checkpointing_keeps_layer_caching_and_equal_gradients():
     cache = PrefixCache(model, 2**30)
     assert_same(model, batch(), cache)
     assert cache.start == 1 and not cache.cache_prefix and "checkpointing" in cache.describe()
+    assert_stayed_on(
+        cache, prefix=False, layers=True, reason="prefix caching off under gradient checkpointing"
+    )
 
 
 def test_the_prefix_is_before_the_first_intervened_position():
@@ -240,6 +289,7 @@ def test_a_cached_step_reads_the_host_once_per_batch_not_per_row(monkeypatch, co
     computing = count_host_reads(monkeypatch, lambda: cache.forward(model, data))
     reading = count_host_reads(monkeypatch, lambda: cache.forward(model, data))
     assert cache.misses == cache.hits == 4 * copies and cache.active
+    assert_stayed_on(cache, prefix=True, layers=True)
     # The cache's own: the rows' layout (one read of all prefix and total lengths) and the
     # example ids, which the trainer keeps on the host; the same for 4 rows as for 12.
     assert computing[PrefixCache.__module__] == reading[PrefixCache.__module__] == 2

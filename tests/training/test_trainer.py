@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from reft_cli import ReftModel
 from reft_cli.config.schema import RunConfig
 from reft_cli.errors import ReftError
+from reft_cli.training.prefix_cache import CacheState
 from reft_cli.training.trainer import Trainer
 from tests.conftest import quick_train, tiny_model_dir
 from tests.training.host_reads import spy_host_reads
@@ -335,7 +337,7 @@ def test_bf16_runs_keep_fp32_intervention_weights(llama_dir, data_file, tmp_path
     data = run.to_dict()
     data["model"]["dtype"] = "bfloat16"
     summary = fit(RunConfig.from_dict(data))
-    assert summary.final_loss is not None and summary.final_loss == summary.final_loss  # not NaN
+    assert summary.final_loss is not None and math.isfinite(summary.final_loss)  # not NaN or inf
     assert all(t.dtype == torch.float32 for t in weights(tmp_path / "run").values())
 
 
@@ -349,8 +351,17 @@ def test_frozen_prefix_cache_switch_gives_the_same_run(llama_dir, data_file, tmp
     runs = {}
     for switch in (True, False):
         out = tmp_path / str(switch)
-        fit(config(llama_dir, data_file, out, positions="l2", cache_frozen_prefix=switch))
+        loop = Trainer(
+            config(llama_dir, data_file, out, positions="l2", cache_frozen_prefix=switch),
+            Console(quiet=True),
+        )
+        loop.train()
         runs[switch] = (logged(out), weights(out))
+        # Layer 0 is intervened, so only the prefix can be cached; with the switch on, it was
+        # cached all run long (no step back to the plain path).
+        assert loop.prefix_cache.state == CacheState(
+            on=True, prefix=switch, layers=False, reason=""
+        )
     for step, loss in runs[False][0].items():
         assert runs[True][0][step] == pytest.approx(loss, abs=1e-5)
     for key, value in runs[False][1].items():
@@ -389,6 +400,9 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
         runs[switch] = (logged(out), weights(out))
         if switch:  # the cache ran from layer 1, not stepping back to the plain path
             assert loop.prefix_cache.active and loop.prefix_cache.start == 1
+            assert loop.prefix_cache.state == CacheState(
+                on=True, prefix=True, layers=True, reason=""
+            )
             assert loop.head_on_targets
     assert any(regrouped)
     for step, loss in runs[False][0].items():
@@ -434,8 +448,10 @@ def test_a_cache_on_disk_gives_the_same_run_and_leaves_no_files(llama_dir, data_
             {"frozen_cache_budget_mb": 0, "frozen_cache_disk_mb": 64} if budget == "disk" else {}
         )
         run = config(llama_dir, data_file, out, positions="l2", layers=(1, 2), **settings)
-        Trainer(run, Console(file=log, width=300)).train()
+        loop = Trainer(run, Console(file=log, width=300))
+        loop.train()
         runs[budget] = (logged(out), weights(out), log.getvalue())
+        assert loop.prefix_cache.state == CacheState(on=True, prefix=True, layers=True, reason="")
     assert "16 on disk" in runs["disk"][2] and "16 in RAM" in runs["ram"][2]
     assert not list((tmp_path / "disk").glob(".frozen-cache-*"))
     assert runs["disk"][0] == runs["ram"][0]
