@@ -2,7 +2,8 @@
 every row on one adapter, and rows spread over four adapters, measured in one run.
 
 All requests are submitted at once to an in-process engine (the worker thread `reft serve` runs,
-without HTTP), so batches fill to --max-batch-size; greedy decoding. Completion tokens per second
+without HTTP), so batches fill to --max-batch-size; greedy decoding, end-of-text ignored so every
+row generates exactly --max-tokens. Completion tokens per second
 are printed with ratios against the base model. Adapters are random (their weights do not matter
 for speed), saved to a temporary folder and loaded through the one loader.
 
@@ -83,7 +84,11 @@ async def run_mix(engine: Engine, names: list[str], requests: int, max_tokens: i
 
 async def measure(args: argparse.Namespace, adapters: dict) -> dict[str, float]:
     loaded = load_adapters(adapters, placement=Placement(device=args.device))
+    # Every row generates exactly max_tokens: an end-of-text token would end some rows early and
+    # make the mixes' token counts differ for reasons that are not speed.
+    loaded.base_model.generation_config.eos_token_id = None
     engine = Engine(loaded, args.max_batch_size, max_queue=args.requests * 4)
+    engine.eos = set()
     engine.start(asyncio.get_running_loop())
     mixes = {
         "base model": ["base"],
