@@ -20,6 +20,7 @@ from reft_cli.cli import (
     reproduce,
     serve,
     smoke,
+    sweep,
     train,
 )
 from reft_cli.cli.common import console
@@ -47,6 +48,7 @@ app.command("export")(export.export)
 app.command("import")(import_pyreft.import_)
 app.command("reproduce")(reproduce.reproduce_)
 app.command("serve")(serve.serve)
+app.command("sweep")(sweep.sweep)
 
 
 def main() -> None:

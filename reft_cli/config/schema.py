@@ -41,6 +41,7 @@ from reft_cli.engine.positions import PositionSpec
 from reft_cli.errors import ReftError
 
 __all__ = [
+    "MC_FORMATS",
     "NAMED_TEMPLATES",
     "SCORINGS",
     "ConfigError",
@@ -59,6 +60,8 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 NAMED_TEMPLATES = ("alpaca", "chat", "commonsense", "gsm8k")
 SCORINGS = ("generate", "loglik")
 """How `reft eval` scores: generated answers, or each answer option's log-likelihood."""
+MC_FORMATS = ("loglik",)
+"""How multiple-choice rows become training examples (data.mc_format): loglik, as its scorer."""
 """Prompt formats known by name; any other template is a format string with {field} placeholders."""
 
 _LAYERS_EXPECTED = "all, a layer number, a list like [2, 10] or a string like '2;10'"
@@ -152,6 +155,9 @@ class DataConfig:
     max_samples: int | None = option(None, POSITIVE_INT)
     val_size: int | float | None = option(None, rule(_val_size_ok, _VAL_SIZE_EXPECTED))
     system_prompt: str | None = option(None)
+    # loglik: multiple-choice rows (contexts, continuations, gold_index) train on the gold
+    # option's context and continuation exactly as `reft eval --scoring loglik` scores them
+    mc_format: str | None = option(None, one_of(MC_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -334,9 +340,17 @@ class RunConfig:
     generate: GenerateConfig = dataclasses.field(default_factory=GenerateConfig)
 
     def conflicts(self) -> list[str]:
+        problems = []
         if self.method == "probe" and self.model.task_type != "seq_cls":
-            return ["method: probe trains a classification head; set model.task_type: seq_cls"]
-        return []
+            problems.append(
+                "method: probe trains a classification head; set model.task_type: seq_cls"
+            )
+        if self.data.mc_format is not None and self.model.task_type != "causal_lm":
+            problems.append(
+                f"data.mc_format: {self.data.mc_format} trains a causal LM on answer options; "
+                "set model.task_type: causal_lm or drop data.mc_format"
+            )
+        return problems
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "the config") -> RunConfig:

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from reft_cli.config.schema import DataConfig
 from reft_cli.config.splits import half_spec, take_split
 from reft_cli.data.labels import example_labels
+from reft_cli.data.mc_format import gold_options
 from reft_cli.data.oe_eval import REQUESTS_FILE, read_requests
 from reft_cli.data.templates import RESPONSE_COLUMNS, PromptTemplate, make_template, missing_column
 from reft_cli.errors import ReftError, first_line
@@ -229,6 +230,8 @@ def build_examples(
     records = _records(rows)
     if not records:
         return [], 0
+    if data_cfg.mc_format == "loglik" and task_type == "causal_lm":  # no eos: the scorer has none
+        return _causal_examples(gold_options(records, tokenizer), data_cfg.max_length)
     prompts = [template.prompt(row) for row in records]
     prompt_ids = tokenizer(prompts, add_special_tokens=not template.has_special_tokens)["input_ids"]
     for i, ids in enumerate(prompt_ids):
@@ -254,14 +257,22 @@ def build_examples(
             raise missing_column(RESPONSE_COLUMNS, "response", list(row))
         responses.append(text)
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    pairs = [(p, [*r, eos]) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    return _causal_examples(pairs, data_cfg.max_length)
+
+
+def _causal_examples(
+    pairs: Sequence[tuple[list[int], list[int]]], max_length: int
+) -> tuple[list[Example], int]:
+    """(prompt ids, response ids) pairs as examples, loss on the response; drops over-long ones."""
     examples = []
-    for i, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-        response = [*response, tokenizer.eos_token_id]
-        if len(prompt) + len(response) > data_cfg.max_length:
+    for i, (prompt, response) in enumerate(pairs):
+        if len(prompt) + len(response) > max_length:
             continue
         labels = [IGNORE_INDEX] * len(prompt) + response
         examples.append(Example(i, prompt + response, len(prompt), labels=labels))
-    return examples, len(records) - len(examples)
+    return examples, len(pairs) - len(examples)
 
 
 # ---------------------------------------------------------------------------- splitting, loading

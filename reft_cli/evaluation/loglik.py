@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from reft_cli.data.examples import Example, collate
+from reft_cli.data.mc_format import split_option
 from reft_cli.engine.loading import LoadedModel
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.predict import length_sorted_batches
@@ -47,19 +48,14 @@ def encode_requests(
 ) -> tuple[list[Request], int]:
     """Every option of every item in order, and how many were cut to `max_length` on the left.
 
-    Context and continuation are tokenized together and split where the context's own tokens end,
-    so a tokenizer that spells a word differently at the start of a text gets it as it is in the
-    sentence. Cutting drops the context's first tokens and keeps the whole continuation.
+    The split is `split_option`'s, the one `data.mc_format: loglik` trains on. Cutting drops the
+    context's first tokens and keeps the whole continuation.
     """
     requests, cut = [], 0
     for item in items:
         for context, continuation in zip(item["contexts"], item["continuations"], strict=True):
-            split = len(tokenizer(context)["input_ids"])
-            ids = list(tokenizer(context + continuation)["input_ids"])
-            if len(ids) <= split:
-                raise ReftError(
-                    f"the answer option {continuation!r} tokenizes to no tokens after its context"
-                )
+            context_ids, continuation_ids = split_option(tokenizer, context, continuation)
+            split, ids = len(context_ids), context_ids + continuation_ids
             if len(ids) > max_length:
                 cut += 1
                 split -= len(ids) - max_length

@@ -1,0 +1,129 @@
+"""`reft sweep`: trials on a tiny model, resuming from the storage, failed trials recorded, the
+best config runnable, and no data load ever asked for the test rows."""
+
+from __future__ import annotations
+
+import builtins
+import re
+from pathlib import Path
+
+import datasets
+import optuna
+import pytest
+import yaml
+from rich.console import Console
+
+from reft_cli.config.reader import load_config
+from reft_cli.data import examples
+from reft_cli.errors import ReftError
+from reft_cli.reproduce.sweep import SweepOptions, load_space, run_sweep
+from tests.cli.test_cli import reft
+from tests.conftest import tiny_model_dir
+
+SPACE = {
+    "train.learning_rate": {"low": "1e-3", "high": "1e-1", "log": True},
+    "intervention.rank": {"choices": [1, 2]},
+}
+
+
+def _rows(n: int, tag: str) -> list[dict[str, str]]:
+    return [{"prompt": f"{tag} q{i}", "response": f"a{i % 3}"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sweep")
+    model = tiny_model_dir(root / "model")
+    splits = {"train": 16, "validation": 8, "test": 8}
+    data = datasets.DatasetDict(
+        {name: datasets.Dataset.from_list(_rows(n, name)) for name, n in splits.items()}
+    )
+    data.save_to_disk(str(root / "data"))
+    config = {
+        "model": {"name_or_path": str(model)},
+        "data": {"dataset": str(root / "data"), "eval_split": "selection of validation"},
+        "intervention": {"layers": [1], "positions": "l1"},
+        "train": {"max_steps": 2, "per_device_train_batch_size": 4, "save_steps": 1000},
+    }
+    path = root / "base.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return root, path
+
+
+def _space(path: Path, space: dict) -> Path:
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_cli_sweep_writes_best_report_plots_and_resumes(setup, tmp_path):
+    _, config = setup
+    space, out = _space(tmp_path / "space.yaml", SPACE), tmp_path / "out"
+    args = ["sweep", str(config), "--space", str(space), "--out", str(out)]
+    first = reft(*args, "--trials", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    stamp = (out / "trial-0" / "reft_model.safetensors").stat().st_mtime_ns
+    second = reft(*args, "--trials", "3")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 trial(s) so far, 1 to run" in second.stdout
+    assert (out / "trial-0" / "reft_model.safetensors").stat().st_mtime_ns == stamp  # not rerun
+    report = (out / "sweep.md").read_text()
+    assert [int(n) for n in re.findall(r"^\| (\d+) \|", report, re.M)] == [0, 1, 2]
+    assert report.count("| complete |") == 3
+    assert (out / "objective.png").stat().st_size > 0 and (out / "importance.png").is_file()
+    best = load_config(out / "best.yaml")
+    study = optuna.load_study(study_name="base", storage=f"sqlite:///{out / 'study.db'}")
+    assert best.intervention.rank == study.best_params["intervention.rank"]
+    assert best.train.learning_rate == pytest.approx(study.best_params["train.learning_rate"])
+    assert best.train.output_dir == str(out / "best")
+    dry = reft("train", str(out / "best.yaml"), "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+
+
+def test_failed_trials_are_recorded_and_test_rows_never_loaded(setup, tmp_path, monkeypatch):
+    _, config = setup
+    splits: list[str] = []
+    load_rows, eval_rows = examples.load_rows, examples._eval_rows
+    monkeypatch.setattr(examples, "load_rows", lambda s, c, split, **k: splits.append(split) or load_rows(s, c, split, **k))  # fmt: skip
+    monkeypatch.setattr(examples, "_eval_rows", lambda s, c, split, seed: splits.append(split) or eval_rows(s, c, split, seed))  # fmt: skip
+    space = _space(tmp_path / "space.yaml", {"intervention.rank": {"choices": [0, 1, 2]}})
+    out = tmp_path / "out"
+    storage = f"sqlite:///{out / 'study.db'}"
+    out.mkdir()
+    study = optuna.create_study(study_name="base", storage=storage)
+    for rank in (0, 2, 1):  # the first trial's config is invalid (rank 0)
+        study.enqueue_trial({"intervention.rank": rank})
+    run_sweep(SweepOptions(config, space, out, trials=3), Console(quiet=True))
+    study = optuna.load_study(study_name="base", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "intervention.rank" in study.trials[0].user_attrs["error"]
+    assert "| fail |" in (out / "sweep.md").read_text()
+    assert not (out / "importance.png").exists()  # one parameter: nothing to compare
+    assert splits and set(splits) <= {"train", "selection of validation", "validation"}
+    assert not any("test" in s for s in splits)
+
+
+def test_space_and_objective_errors_are_one_line(setup, tmp_path, monkeypatch):
+    _, config = setup
+    bad = _space(tmp_path / "bad.yaml", {"train.learnig_rate": {"low": 1, "high": 2}})
+    with pytest.raises(
+        ReftError, match=r"train.learnig_rate: unknown key; did you mean train.learning_rate\?"
+    ):
+        load_space(bad)
+    reserved = _space(tmp_path / "r.yaml", {"data.eval_split": {"choices": ["test"]}})
+    with pytest.raises(ReftError, match="cannot be searched"):
+        load_space(reserved)
+    on_test = tmp_path / "test.yaml"
+    on_test.write_text(config.read_text().replace("selection of validation", "test of validation"))
+    space = _space(tmp_path / "s.yaml", SPACE)
+    with pytest.raises(ReftError, match="reported test split"):
+        run_sweep(SweepOptions(on_test, space, tmp_path / "o"), Console(quiet=True))
+    real_import = builtins.__import__
+
+    def no_optuna(name, *args, **kwargs):
+        if name == "optuna":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    with pytest.raises(ReftError, match=r"pip install 'reft\[sweep\]'"):
+        run_sweep(SweepOptions(config, space, tmp_path / "o"), Console(quiet=True))
