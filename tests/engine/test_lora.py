@@ -294,14 +294,16 @@ def test_eval_scores_a_lora_folder(strong, tmp_path):
         ],
     )
     report = run_eval(
-        EvalOptions(adapter=strong, tasks=[f"boolq={boolq}"], max_new_tokens=4, output=tmp_path),
+        EvalOptions(
+            adapter=strong, tasks=[f"boolq={boolq}"], max_new_tokens=4, output=tmp_path / "out"
+        ),
         QUIET,
     )
     assert report["tasks"]["boolq"]["num_examples"] == 3
     assert report["base_model"].endswith("llama")
     weights = (strong / "adapter_model.safetensors").read_bytes()
     assert report["adapter"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
-    predictions = [json.loads(x) for x in (tmp_path / "predictions" / "boolq.jsonl").open()]
+    predictions = [json.loads(x) for x in (tmp_path / "out" / "predictions" / "boolq.jsonl").open()]
     subject = load_for_eval(strong, ModelConfig())
     prompts = [subject.tokenizer(p["prompt"])["input_ids"] for p in predictions]
     assert [p["generation"] for p in predictions] == generate_texts(subject, prompts, 16, 4)

@@ -109,10 +109,9 @@ def test_a_stop_during_the_update_waits_until_the_step_is_counted():
     from reft_cli.training.guards import StopSignals
 
     stops, done = StopSignals(), []
-    with stops.active(), pytest.raises(KeyboardInterrupt):
-        with stops.deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("counted")
+    with stops.active(), pytest.raises(KeyboardInterrupt), stops.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("counted")
     assert done == ["counted"]
 
 
