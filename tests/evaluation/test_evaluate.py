@@ -296,8 +296,8 @@ def test_cli_runs_and_reports_errors_in_one_line(setup, tmp_path):
     assert (tmp_path / "predictions" / "boolq.jsonl").is_file()
     bad = reft("eval", "--adapter", str(adapter), "--tasks", "boolq,nope")
     assert bad.returncode == 2
-    assert bad.stdout.strip().splitlines() == [bad.stdout.strip()]
-    assert "unknown task 'nope'" in bad.stdout and "valid tasks: boolq" in bad.stdout
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "unknown task 'nope'" in bad.stderr and "valid tasks: boolq" in bad.stderr
 
 
 def test_an_existing_output_is_refused_and_overwrite_replaces_it_whole(setup, tmp_path):
