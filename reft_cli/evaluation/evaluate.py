@@ -173,7 +173,9 @@ def _tokenize(
     if any(not row for row in ids):
         raise ReftError(f"task {task.name}: a prompt tokenizes to no tokens; check the template")
     truncated = sum(len(row) > data.max_length for row in ids)
-    return prompts, [row[: data.max_length] for row in ids], truncated
+    ids = [row[: data.max_length] for row in ids]
+    subject.check_prompt_lengths([len(row) for row in ids], f"task {task.name}: a prompt")
+    return prompts, ids, truncated
 
 
 def evaluate_task(
