@@ -23,7 +23,7 @@ from reft_cli.cli import (
     sweep,
     train,
 )
-from reft_cli.cli.common import console
+from reft_cli.cli.common import error_console
 from reft_cli.config.validation import ConfigError, render_problems
 from reft_cli.errors import ReftError
 
@@ -52,14 +52,14 @@ app.command("sweep")(sweep.sweep)
 
 
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2, without a traceback."""
+    """Console entry point: user errors print one line to stderr and exit 2, without a traceback."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app()
     except ConfigError as err:
-        console.print(render_problems(err))
+        error_console.print(render_problems(err))
         sys.exit(2)
     except ReftError as err:
-        console.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
+        error_console.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
         sys.exit(2)

@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 
 console = Console()
+error_console = Console(stderr=True)
+"""Where user errors go: stderr, so they never mix into output a script reads from stdout."""
 
 
 def config_path(config: Path) -> Path:

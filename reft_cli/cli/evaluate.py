@@ -46,6 +46,9 @@ def eval_(
     device: str = typer.Option(
         "auto", "--device", help="auto (the accelerator when present), cpu, cuda, cuda:N or mps."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a non-empty --output folder as a whole."
+    ),
 ) -> None:
     """Score an adapter (or its base model) on the paper's benchmarks.
 
@@ -70,5 +73,6 @@ def eval_(
         output=output,
         scoring=scoring,
         device=device,
+        overwrite=overwrite,
     )
     run_eval(options, console)

@@ -12,6 +12,7 @@ caller to warn about) rather than cutting either part. Each example keeps its ro
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -141,6 +142,8 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
         )
     if path.stat().st_size == 0:
         raise _no_rows(path)
+    if path.suffix == ".jsonl":
+        _check_jsonl(path)
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except ValueError as err:
@@ -149,6 +152,27 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
         raise ReftError(f"could not read {path} as {builder}: {first_line(err)}") from err
     except Exception as err:
         raise ReftError(f"could not read {path} as {builder}: {first_line(err)}") from err
+
+
+def _check_jsonl(path: Path) -> None:
+    """Name the first line that is not UTF-8 or not a JSON object (datasets would only say that
+    the file failed), so the user can fix that line."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ReftError(
+                    f"{path}:{number}: not UTF-8 text; re-save the file as UTF-8"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ReftError(f"{path}:{number}: bad JSON line ({err}); fix it") from None
+            if not isinstance(row, dict):
+                raise ReftError(f"{path}:{number}: not a JSON object; each line must be one")
 
 
 def _load_hub(
@@ -251,9 +275,15 @@ def build_examples(
     if tokenizer.eos_token_id is None:
         raise ReftError("the tokenizer has no eos token; causal LM training needs one to stop")
     responses = []
-    for row in records:
+    for number, row in enumerate(records):
         text = template.response(row)
         if text is None:
+            if any(
+                name in row for name in RESPONSE_COLUMNS
+            ):  # the column is there, this row's is null
+                raise ReftError(
+                    f"row {number} of the data has no response (null); fill or drop that row"
+                )
             raise missing_column(RESPONSE_COLUMNS, "response", list(row))
         responses.append(text)
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]

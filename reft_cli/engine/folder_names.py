@@ -14,6 +14,8 @@ here never changes.
       trainer_log.jsonl           # LOG_NAME: one JSON line per logged step / eval
       loss_curve.png              # PLOT_NAME
       README.md                   # CARD_NAME: the model card
+      .reft.lock                  # LOCK_NAME: held by the run writing here (filelock)
+      .checkpoint-<step>.*.tmp/   # STAGING_PATTERN: a checkpoint being written (staged_dir)
       checkpoint-<step>/          # checkpoint_name(step): the adapter files plus
         optimizer.safetensors     #   OPTIMIZER_NAME
         rng.safetensors           #   RNG_NAME
@@ -53,6 +55,10 @@ PLOT_NAME = "loss_curve.png"
 CARD_NAME = "README.md"
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+STAGING_PATTERN = re.compile(r"\.checkpoint-\d+\.[^/]+\.tmp")
+"""A checkpoint folder staged by staged_dir: `.checkpoint-<step>.<random>.tmp`, renamed when done."""
+LOCK_NAME = ".reft.lock"
+"""The lock file a training run holds for its whole duration, so two runs never share a folder."""
 OPTIMIZER_NAME = "optimizer.safetensors"
 RNG_NAME = "rng.safetensors"
 TRAINING_STATE_NAME = "training_state.json"

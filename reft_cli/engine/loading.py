@@ -98,6 +98,23 @@ class LoadedModel:
         return self.model.model if self.has_adapter else self.model
 
     @property
+    def context_length(self) -> int | None:
+        """The most positions the model was built for (max_position_embeddings), if it says."""
+        config = getattr(self.base_model, "config", None)
+        length = getattr(config, "max_position_embeddings", None)
+        return length if isinstance(length, int) and length > 0 else None
+
+    def check_prompt_lengths(self, lengths: list[int], what: str) -> None:
+        """Refuse prompts longer than the model's context: past it a model generates garbage."""
+        limit = self.context_length
+        longest = max(lengths, default=0)
+        if limit is not None and longest > limit:
+            raise ReftError(
+                f"{what} is {longest} tokens long but the model's context is {limit} positions "
+                "(max_position_embeddings); shorten it"
+            )
+
+    @property
     def device(self) -> torch.device:
         """Where inputs go: the input embeddings' device (the first GPU under a device map)."""
         embeddings = getattr(self.base_model, "get_input_embeddings", None)

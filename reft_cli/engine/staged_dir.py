@@ -26,7 +26,8 @@ def refuse_existing(out: Path) -> None:
 def staged_dir(out: Path, replace: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder next to `out`; on success it becomes `out`.
 
-    With `replace`, an existing `out` is removed just before the rename instead of refused.
+    With `replace`, an existing `out` is moved aside just before the rename and removed after it,
+    so at every moment `out` is either the old folder or the new one.
     """
     out = Path(out)
     if not replace:
@@ -36,9 +37,13 @@ def staged_dir(out: Path, replace: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; use the usual mode
-        if replace and out.exists():
-            shutil.rmtree(out)
+        old = None
+        if replace and out.is_dir() and not out.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old.tmp", dir=out.parent))
+            os.rename(out, old / out.name)
         refuse_existing(out)  # someone may have created it meanwhile
         os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

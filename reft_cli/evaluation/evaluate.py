@@ -46,6 +46,7 @@ from reft_cli.engine.folder_names import (
 )
 from reft_cli.engine.loading import LoadedModel
 from reft_cli.engine.lora_config import adapter_files
+from reft_cli.engine.staged_dir import staged_dir
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.loglik import choose, continuation_logliks, encode_requests
 from reft_cli.evaluation.plan import EvalOptions, EvalPlan, plan_eval
@@ -172,7 +173,9 @@ def _tokenize(
     if any(not row for row in ids):
         raise ReftError(f"task {task.name}: a prompt tokenizes to no tokens; check the template")
     truncated = sum(len(row) > data.max_length for row in ids)
-    return prompts, [row[: data.max_length] for row in ids], truncated
+    ids = [row[: data.max_length] for row in ids]
+    subject.check_prompt_lengths([len(row) for row in ids], f"task {task.name}: a prompt")
+    return prompts, ids, truncated
 
 
 def evaluate_task(
@@ -284,6 +287,7 @@ def run_eval(options: EvalOptions, console: Console) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.perf_counter()
     plan = plan_eval(options)
+    _check_output(plan.output, options.overwrite)
     if plan.adapter is None:
         console.print(f"[yellow]note[/]: no adapter; evaluating the base model {_base(plan)}")
     prepared = _prepare(plan)
@@ -371,18 +375,32 @@ def _report(
     }
 
 
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to mix new results into an old folder (stale predictions of tasks not rerun)."""
+    if output.exists() and not output.is_dir():
+        raise ReftError(f"--output {output} is a file, not a folder; choose a folder path")
+    if not overwrite and output.is_dir() and any(output.iterdir()):
+        raise ReftError(
+            f"{output} is not empty (earlier results?); choose another --output or pass "
+            "--overwrite to replace the whole folder"
+        )
+
+
 def _write(plan: EvalPlan, report: dict[str, Any], results: list[TaskResult]) -> None:
-    for result in results:
-        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
-        atomic_write_text(plan.output / PREDICTIONS_DIR / predictions_name(result.name), lines)
-        if result.name == "alpaca_eval":
-            generator = plan.adapter.name if plan.adapter is not None else _base(plan)
-            records = [
-                alpaca_eval_record(p["instruction"], p["generation"], generator)
-                for p in result.predictions
-            ]
-            atomic_write_text(plan.output / ALPACA_EVAL_NAME, json.dumps(records, indent=2) + "\n")
-    atomic_write_text(plan.output / RESULTS_NAME, json.dumps(report, indent=2) + "\n")
+    """Write the whole folder beside its place, then swap it in: never old and new mixed."""
+    with staged_dir(plan.output, replace=True) as folder:
+        for result in results:
+            lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
+            atomic_write_text(folder / PREDICTIONS_DIR / predictions_name(result.name), lines)
+            if result.name == "alpaca_eval":
+                generator = plan.adapter.name if plan.adapter is not None else _base(plan)
+                records = [
+                    alpaca_eval_record(p["instruction"], p["generation"], generator)
+                    for p in result.predictions
+                ]
+                text = json.dumps(records, indent=2) + "\n"
+                atomic_write_text(folder / ALPACA_EVAL_NAME, text)
+        atomic_write_text(folder / RESULTS_NAME, json.dumps(report, indent=2) + "\n")
 
 
 def results_table(report: dict[str, Any]) -> Table:

@@ -49,6 +49,7 @@ class EvalOptions:
     output: Path | None = None
     scoring: str | None = None  # generate | loglik
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (ignored under model.device_map)
+    overwrite: bool = False  # replace a non-empty output folder (as a whole)
 
 
 @dataclass(frozen=True)

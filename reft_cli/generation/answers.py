@@ -68,6 +68,7 @@ class Answerer:
         encoded = [
             tokenizer(t, add_special_tokens=not special)["input_ids"] for t, special in texts
         ]
+        self.loaded.check_prompt_lengths([len(ids) for ids in encoded], "a prompt")
         return left_padded(encoded, tokenizer.pad_token_id)
 
     def answer(

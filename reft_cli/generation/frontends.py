@@ -89,7 +89,15 @@ def answer_file(
             answerer.check_name(name)
         except ReftError as err:
             raise ReftError(f"{source}:{number}: {err}") from None
-        answerer.format(name, row)  # fail early, with the line number, on an empty prompt
+        try:
+            answerer.format(name, row)  # fail early, with the line number, on an unusable prompt
+        except ReftError as err:
+            message = f"{source}:{number}: {err}"
+            if not skip_bad_lines:
+                raise ReftError(f"{message}; fix it or pass --skip-bad-lines") from None
+            console.print(f"[yellow]warning[/]: {message}; skipped")
+            skipped += 1
+            continue
         rows.append((name, row))
     order = sorted(
         range(len(rows)), key=lambda i: len(json.dumps(rows[i][1]))

@@ -195,12 +195,13 @@ def _evaluate(recipe: Recipe, job: Job, console: Console) -> None:
     console.rule(f"evaluate {job.run.title()} — seed {job.seed}")
     output = job.folder / EVAL_DIR
     if job.run.train:
-        options = EvalOptions(adapter=job.adapter, output=output)
+        options = EvalOptions(adapter=job.adapter, output=output, overwrite=True)
     else:
         options = EvalOptions(
             config=recipe.configs[job.run.name],
             overrides=list(job.run.overrides),
             no_adapter=True,
             output=output,
+            overwrite=True,  # this job's own folder, without results (they would have been kept)
         )
     run_eval(options, console)

@@ -25,7 +25,7 @@ from reft_cli.engine.folder_names import LOG_NAME
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.predict import load_for_eval
 from reft_cli.training.reporting import TrainerLog
-from reft_cli.training.run_dir import holds_a_run
+from reft_cli.training.run_dir import foreign_entries, holds_a_run
 from reft_cli.training.trainer import Trainer
 
 
@@ -54,6 +54,10 @@ def run_smoke(
 ) -> SmokeResult:
     if holds_a_run(out) and not overwrite:
         raise ReftError(f"{out} already holds an adapter; choose another --out or pass --overwrite")
+    if foreign_entries(out) and not overwrite:
+        raise ReftError(
+            f"{out} is not empty and holds no adapter; choose a new or empty --out or pass --overwrite"
+        )
     start = time.perf_counter()
     overrides = {
         "model.name_or_path": model_name,

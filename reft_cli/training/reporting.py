@@ -120,3 +120,15 @@ class RunSummary:
             table.add_row("best checkpoint", f"{self.best_checkpoint} ({self.best_metric:.4f})")
         table.add_row("adapter", str(self.adapter_dir))
         return table
+
+
+def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config as flat `section.key` scalars, the shape experiment trackers accept."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat

@@ -10,10 +10,12 @@ from reft_cli.engine.folder_names import (
     ADAPTER_MARKERS,
     CHECKPOINT_PATTERN,
     CONFIG_NAME,
+    LOCK_NAME,
     LOG_NAME,
     LORA_CONFIG_NAME,
     PEFT_CONFIG_NAME,
     PEFT_WEIGHTS_NAME,
+    STAGING_PATTERN,
     TRAINING_CONFIG_NAME,
     WEIGHTS_NAME,
     checkpoint_name,
@@ -55,13 +57,51 @@ def holds_a_run(output_dir: Path) -> bool:
     )
 
 
+def foreign_entries(output_dir: Path) -> list[str]:
+    """What a folder holds besides a run's own bookkeeping (its lock, staged checkpoints).
+
+    A folder that holds a run is all the run's; one that does not is the user's unless empty.
+    """
+    if not output_dir.is_dir() or holds_a_run(output_dir):
+        return []
+    return sorted(
+        p.name
+        for p in output_dir.iterdir()
+        if p.name != LOCK_NAME and not STAGING_PATTERN.fullmatch(p.name)
+    )
+
+
 def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
-    """Refuse to write over another run's output unless the user said so (or is resuming it)."""
-    if holds_a_run(output_dir) and not resuming and not overwrite:
+    """Refuse to write over another run's output, or into a folder of the user's own files,
+    unless the user said so (or is resuming it)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ReftError(
+            f"train.output_dir {output_dir} is a file, not a folder; choose a folder path"
+        )
+    if overwrite:
+        return
+    if holds_a_run(output_dir) and not resuming:
         raise ReftError(
             f"{output_dir} already holds a run; choose another train.output_dir, resume it with "
             "train.resume_from_checkpoint=latest, or set train.overwrite_output_dir=true"
         )
+    if found := foreign_entries(output_dir):
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ReftError(
+            f"{output_dir} is not empty and holds no reft run ({shown}); choose a new or empty "
+            "train.output_dir, or set train.overwrite_output_dir=true to write into it"
+        )
+
+
+def remove_stale_staging(output_dir: Path) -> None:
+    """Delete checkpoint folders a killed run left half-written (only names staged_dir makes).
+
+    Called while holding the folder's lock, so no live run is writing them.
+    """
+    if output_dir.is_dir():
+        for path in output_dir.iterdir():
+            if path.is_dir() and STAGING_PATTERN.fullmatch(path.name):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def start_output_dir(output_dir: Path, resuming: bool) -> None:

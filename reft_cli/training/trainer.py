@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, is_tensorboard_available, is_wandb_available
+from accelerate.utils import (
+    gather_object,
+    is_tensorboard_available,
+    is_wandb_available,
+)
 from rich.console import Console
 from transformers import get_scheduler
 
@@ -29,18 +33,25 @@ from reft_cli.engine.folder_names import LOG_NAME, PLOT_NAME, TRAINING_CONFIG_NA
 from reft_cli.engine.reft_model import ReftModel
 from reft_cli.errors import ReftError
 from reft_cli.training.device_io import LossWatch, to_device
+from reft_cli.training.guards import (
+    RunLock,
+    StopSignals,
+    check_weights,
+    last_checkpoint,
+    take_output_dir,
+)
 from reft_cli.training.loss import forward, loss_sum, takes_logits_to_keep
 from reft_cli.training.model_card import write_lora_card, write_model_card
 from reft_cli.training.prefix_cache import PrefixCache
 from reft_cli.training.reporting import (
     RunSummary,
     TrainerLog,
+    flat_config,
     plot_losses,
     progress_bar,
 )
 from reft_cli.training.run_dir import (
     check_output_dir,
-    checkpoints,
     prune_checkpoints,
     resolve_checkpoint,
     start_output_dir,
@@ -80,7 +91,17 @@ class Trainer:
             project_dir=self.output_dir,
         )
         self.main = self.accelerator.is_main_process
-        resume = self.cfg.resume_from_checkpoint
+        self.world = self.accelerator.num_processes
+        self.lock, self.stops = RunLock(self.output_dir), StopSignals()
+        take_output_dir(self.lock, self.output_dir, self.main, self.world)
+        try:
+            self._build()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self) -> None:
+        run, resume = self.run, self.cfg.resume_from_checkpoint
         self.resume = resolve_checkpoint(self.output_dir, resume) if resume else None
         check_output_dir(self.output_dir, self.cfg.overwrite_output_dir, self.resume is not None)
         self.setup = build(run)
@@ -91,7 +112,6 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             self.params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
         )
-        self.world = self.accelerator.num_processes
         self.global_batch = self.cfg.per_device_train_batch_size * self.world
         self.per_epoch = steps_per_epoch(
             len(self.data.train), self.global_batch, self.cfg.gradient_accumulation_steps
@@ -153,15 +173,25 @@ class Trainer:
             else not self.metric.endswith("loss")
         )
         self.last_loss: float | None = None
+        self.step_rng: dict[str, Any] | None = None  # set while a step runs
         self.watch = LossWatch(self.accelerator.device)
 
     # ----------------------------------------------------------------------------- the loop
     def train(self) -> RunSummary:
+        """Run to the end (or to Ctrl-C/SIGTERM, which save a checkpoint), then release the folder."""
+        try:
+            with self.stops.active():
+                self._loop()
+                return self._finish()
+        finally:
+            self.lock.release()
+
+    def _loop(self) -> None:
         if self.main:
             atomic_write_text(self.output_dir / TRAINING_CONFIG_NAME, self.run.dump_yaml())
             self._warn_dropped()
         if self.cfg.report_to != "none":
-            self.accelerator.init_trackers("reft", config=_flat(self.run.to_dict()))
+            self.accelerator.init_trackers("reft", config=flat_config(self.run.to_dict()))
         self.model.train()
         bar = progress_bar(self.console, disable=not self.main)
         try:
@@ -178,13 +208,13 @@ class Trainer:
                 while self.progress.global_step < self.total_steps:
                     self._epoch(lambda fields: bar.update(task, advance=1, **fields))
         except KeyboardInterrupt:
-            self._save_checkpoint()
+            # a stop mid-step saves the state from before that step; the step runs again on resume
+            self._save_checkpoint(self.step_rng)
             self.console.print(
                 f"[yellow]interrupted[/]: saved {checkpoint_name(self.progress.global_step)} in "
                 f"{self.output_dir}; continue with train.resume_from_checkpoint=latest"
             )
             raise
-        return self._finish()
 
     def _epoch(self, update) -> None:
         progress, cfg = self.progress, self.cfg
@@ -197,12 +227,11 @@ class Trainer:
         )
         while progress.step_in_epoch < len(plan.steps) and progress.global_step < self.total_steps:
             step_start = time.perf_counter()
+            self.step_rng = capture_rng()  # what a checkpoint of this boundary holds (host copies)
             shards = plan.shard(progress.step_in_epoch, self.accelerator.process_index, self.world)
             if cfg.group_by_length:
                 shards = group_by_length(shards, self._step_lengths(shards))
             loss = self._step([self._batch(rows) for rows in shards if rows])
-            progress.global_step += 1
-            progress.step_in_epoch += 1
             self.watch.record(loss, progress.global_step)
             epoch = progress.epoch + progress.step_in_epoch / len(plan.steps)
             lr = self.scheduler.get_last_lr()[0]
@@ -250,8 +279,11 @@ class Trainer:
         return to_device(batch, self.accelerator.device)
 
     def _step(self, micro: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        """Forward and backward the step's micro-batches, then update; returns the step's mean loss
-        as a device tensor, unread (LossWatch reads it at logging steps).
+        """Forward and backward the step's micro-batches, then update and count the step; returns
+        the step's mean loss as a device tensor, unread (LossWatch reads it at logging steps).
+
+        A stop during forward/backward leaves the weights as they were before the step; one during
+        the update waits until the step is counted, so checkpoints always fall on step boundaries.
 
         Each loss sum is divided by the number of targets in the whole global step, times the
         process count because data parallelism averages gradients across processes.
@@ -272,11 +304,15 @@ class Trainer:
                 summed, _ = loss_sum(outputs, targets, task_type)
             acc.backward(summed * self.world / count)
             total += summed.detach().float()
-        if self.cfg.max_grad_norm:
-            acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with self.stops.deferred():
+            if self.cfg.max_grad_norm:
+                acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.progress.global_step += 1
+            self.progress.step_in_epoch += 1
+            self.step_rng = None  # the streams now stand at the next boundary
         return acc.reduce(total, "sum") / count
 
     def _checked_loss(self) -> float | None:
@@ -284,12 +320,7 @@ class Trainer:
         finite. Called before anything is logged or saved, so no checkpoint holds what followed."""
         loss, step, bad = self.watch.read()
         if step:
-            saved = checkpoints(self.output_dir)
-            where = (
-                f"the last good checkpoint is {saved[-1]}"
-                if saved
-                else "no checkpoint was saved yet"
-            )
+            where = last_checkpoint(self.output_dir, "the last good checkpoint")
             raise ReftError(
                 f"the loss became {bad} at step {step}; {where}; "
                 "lower train.learning_rate or check the data"
@@ -330,9 +361,12 @@ class Trainer:
         self._save_checkpoint()
         return True
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, rng: dict[str, Any] | None = None) -> None:
+        """Save checkpoint-<step>; `rng` is the streams' state at this step boundary when they
+        have moved on since (a stop mid-step), else they are captured now."""
         self._checked_loss()  # never a checkpoint of weights a non-finite loss has updated
-        rng_states = gather_object([capture_rng()])  # every process's streams, to resume each
+        check_weights(self.params, self.output_dir, self.progress.global_step)
+        rng_states = gather_object([rng or capture_rng()])  # every process's, to resume each
         if self.main:
 
             def fill(folder: Path) -> None:
@@ -382,6 +416,7 @@ class Trainer:
             if self.main:
                 self.console.print(self.prefix_cache.describe())
             self.prefix_cache.store.clear()  # and its files, if it spilled to disk
+        check_weights(self.params, self.output_dir, self.progress.global_step)
         if self.main:
             self.model.save_pretrained(self.output_dir)
             plot_losses(self.log.entries(), self.output_dir / PLOT_NAME)
@@ -406,15 +441,3 @@ def _targets(labels: torch.Tensor, task_type: str) -> torch.Tensor:
     if task_type == "causal_lm":
         return labels[:, 1:].ne(IGNORE_INDEX).sum()
     return torch.tensor(labels.shape[0], device=labels.device)
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config as flat `section.key` scalars, the shape experiment trackers accept."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
-    return flat

@@ -63,7 +63,7 @@ def test_smoke_refuses_to_overwrite_an_adapter(tmp_path):
     (tmp_path / CONFIG_NAME).write_text("{}")
     result = reft("smoke", "--out", str(tmp_path))
     assert result.returncode == 2
-    lines = result.stdout.strip().splitlines()
+    lines = result.stderr.strip().splitlines()
     assert lines == [
         f"error: {tmp_path} already holds an adapter; choose another --out or pass --overwrite"
     ]
@@ -82,4 +82,4 @@ def test_bad_positions_is_a_one_line_error(tmp_path, positions):
         "nonexistent/model-xyz",
     )
     assert result.returncode == 2
-    assert len(result.stdout.strip().splitlines()) == 1 and "error:" in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr

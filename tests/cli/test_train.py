@@ -46,9 +46,9 @@ def test_config_problems_are_reported_together(setup):
         "train", str(setup / "cfg.yaml"), "train.learning_rat=1", "train.max_steps=-5", "--dry-run"
     )
     assert result.returncode == 2
-    assert "2 problems" in result.stdout
-    assert "did you mean train.learning_rate?" in result.stdout
-    assert "train.max_steps: -5 is not allowed" in result.stdout
+    assert "2 problems" in result.stderr
+    assert "did you mean train.learning_rate?" in result.stderr
+    assert "train.max_steps: -5 is not allowed" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_config_problems_are_reported_together(setup):
 def test_bad_input_is_one_clear_line(setup, tmp_path, override, message):
     result = reft("train", str(setup / "cfg.yaml"), override, f"train.output_dir={tmp_path / 'o'}")
     assert result.returncode == 2
-    assert message in result.stdout
+    assert message in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "o" / "reft_config.json").exists()
 
@@ -71,7 +71,7 @@ def test_bad_input_is_one_clear_line(setup, tmp_path, override, message):
 def test_missing_config_file_is_one_clear_line(tmp_path):
     result = reft("train", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
-    assert "not found" in result.stdout and len(result.stdout.strip().splitlines()) == 1
+    assert "not found" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_configs_list_show_and_copy(tmp_path):
@@ -83,8 +83,8 @@ def test_configs_list_show_and_copy(tmp_path):
     assert copied.returncode == 0
     assert (tmp_path / "emoji.yaml").read_text() == shown.stdout.rstrip("\n") + "\n"
     again = reft("configs", "copy", "emoji", str(tmp_path))
-    assert again.returncode == 2 and "already exists" in again.stdout
-    assert "choose one of" in reft("configs", "show", "nope").stdout
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert "choose one of" in reft("configs", "show", "nope").stderr
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")

@@ -144,4 +144,4 @@ def test_cli_refuses_a_missing_gpu_in_one_line(adapter_dir, command):
     extra = ["--prompt", "hi"] if command == "generate" else ["--tasks", "boolq"]
     result = reft(command, "--adapter", str(adapter_dir), "--device", "cuda", *extra)
     assert result.returncode == 2
-    assert "no CUDA GPU" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert "no CUDA GPU" in result.stderr and "Traceback" not in result.stdout + result.stderr

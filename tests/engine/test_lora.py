@@ -294,14 +294,16 @@ def test_eval_scores_a_lora_folder(root, strong, tmp_path):
         ],
     )
     report = run_eval(
-        EvalOptions(adapter=strong, tasks=[f"boolq={boolq}"], max_new_tokens=4, output=tmp_path),
+        EvalOptions(
+            adapter=strong, tasks=[f"boolq={boolq}"], max_new_tokens=4, output=tmp_path / "out"
+        ),
         QUIET,
     )
     assert report["tasks"]["boolq"]["num_examples"] == 3
     assert report["base_model"].endswith("llama")
     weights = (strong / "adapter_model.safetensors").read_bytes()
     assert report["adapter"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
-    predictions = [json.loads(x) for x in (tmp_path / "predictions" / "boolq.jsonl").open()]
+    predictions = [json.loads(x) for x in (tmp_path / "out" / "predictions" / "boolq.jsonl").open()]
     # The reference: PEFT's own loader and transformers' greedy generate, one prompt at a time
     # (no padding), decoded without special tokens.
     from peft import PeftModel

@@ -275,8 +275,10 @@ def test_generation_tasks_refuse_a_classifier_and_glue_refuses_a_generator(
     with pytest.raises(ReftError, match="generates text but this is a classification model"):
         evaluate(adapter=glue_adapter, tasks=[f"boolq={data}"], output=tmp_path)
     mnli = write_jsonl(tmp_path / "mnli.jsonl", [{"premise": "a", "hypothesis": "b", "label": 2}])
-    with pytest.raises(ReftError, match="task mnli has 3 output"):
-        evaluate(adapter=glue_adapter, tasks=[f"mnli={mnli}"], output=tmp_path)
+    with pytest.raises(
+        ReftError, match="task mnli has 3 output"
+    ):  # (output: not the data's folder)
+        evaluate(adapter=glue_adapter, tasks=[f"mnli={mnli}"], output=tmp_path / "out")
 
 
 def test_bad_data_fails_before_the_model_loads(setup, tmp_path, monkeypatch):
@@ -288,8 +290,8 @@ def test_bad_data_fails_before_the_model_loads(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr("reft_cli.evaluation.evaluate.load_for_eval", never)
     with pytest.raises(ReftError, match=r"task piqa: dataset .* lacks column"):
-        evaluate(adapter=adapter, tasks=[f"piqa={rows}"], output=tmp_path)
-    assert not (tmp_path / "eval_results.json").exists()
+        evaluate(adapter=adapter, tasks=[f"piqa={rows}"], output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_nothing_to_evaluate_is_one_line():
@@ -315,5 +317,19 @@ def test_cli_runs_and_reports_errors_in_one_line(setup, tmp_path):
     assert (tmp_path / "predictions" / "boolq.jsonl").is_file()
     bad = reft("eval", "--adapter", str(adapter), "--tasks", "boolq,nope")
     assert bad.returncode == 2
-    assert bad.stdout.strip().splitlines() == [bad.stdout.strip()]
-    assert "unknown task 'nope'" in bad.stdout and "valid tasks: boolq" in bad.stdout
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "unknown task 'nope'" in bad.stderr and "valid tasks: boolq" in bad.stderr
+
+
+def test_an_existing_output_is_refused_and_overwrite_replaces_it_whole(setup, tmp_path):
+    _, _, adapter, data = setup
+    (tmp_path / "eval_results.json").write_text("{}")
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / "piqa.jsonl").write_text("old\n")  # a task not rerun
+    with pytest.raises(ReftError, match=r"is not empty .* pass --overwrite"):
+        evaluate(adapter=adapter, tasks=[f"boolq={data}"], limit=1, output=tmp_path)
+    assert (tmp_path / "eval_results.json").read_text() == "{}"
+    evaluate(adapter=adapter, tasks=[f"boolq={data}"], limit=1, output=tmp_path, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["boolq.jsonl"]
+    assert json.loads((tmp_path / "eval_results.json").read_text())["tasks"].keys() == {"boolq"}
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.endswith(".tmp")]

@@ -114,7 +114,7 @@ def test_bad_line_reports_its_number_or_is_skipped(adapters, tmp_path):
         str(target),
         *GEN,
     )
-    assert stop.returncode == 2 and f"{source}:2: bad JSON line" in stop.stdout
+    assert stop.returncode == 2 and f"{source}:2: bad JSON line" in stop.stderr
     assert not target.exists()
     go_on = reft(
         "generate",
@@ -139,23 +139,23 @@ def test_bad_line_reports_its_number_or_is_skipped(adapters, tmp_path):
 )
 def test_bad_requests_are_one_line_errors(adapters, args, message):
     result = reft("generate", "--adapter", str(adapters["a"]), *args)
-    assert result.returncode == 2 and message in result.stdout
-    assert len(result.stdout.strip().splitlines()) == 1
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_missing_corrupt_and_mismatched_adapters_are_clear(adapters, tmp_path):
     missing = reft("generate", "--adapter", str(tmp_path / "none"), "--prompt", "x")
-    assert missing.returncode == 2 and "does not exist" in missing.stdout
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "reft_config.json").write_text((adapters["a"] / "reft_config.json").read_text())
     (corrupt / "reft_model.safetensors").write_bytes(b"garbage")
     broken = reft("generate", "--adapter", str(corrupt), "--prompt", "x")
-    assert broken.returncode == 2 and "corrupt" in broken.stdout
+    assert broken.returncode == 2 and "corrupt" in broken.stderr
     other = tiny_model_dir(tmp_path / "other", num_layers=4)
     mismatch = reft(
         "generate", "--adapter", str(adapters["a"]), "--base-model", str(other), "--prompt", "x"
     )
     assert (
-        mismatch.returncode == 2 and "3 layers, but the base model has 32 and 4" in mismatch.stdout
+        mismatch.returncode == 2 and "3 layers, but the base model has 32 and 4" in mismatch.stderr
     )

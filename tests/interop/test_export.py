@@ -422,5 +422,5 @@ def test_cli_import_error_is_one_line_with_exit_code_2(tmp_path):
     (tmp_path / "ckpt").mkdir()
     result = reft("import", tmp_path / "ckpt", "--base-model", "x", "--out", tmp_path / "o")
     assert result.returncode == 2
-    assert result.stdout.startswith("error:") and "config.json is missing" in result.stdout
+    assert result.stderr.startswith("error:") and "config.json is missing" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
