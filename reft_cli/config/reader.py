@@ -6,9 +6,12 @@ reports every problem together.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -63,6 +66,8 @@ def _apply_override(data: dict[str, Any], text: str) -> str | None:
     if not sep or not key:
         return "expected key=value, for example train.learning_rate=1e-3"
     problem = check_path(RunConfig, key)
+    if problem and "." not in key:
+        key, problem = _full_path(key, problem)
     if problem:
         return problem
     try:
@@ -77,3 +82,31 @@ def _apply_override(data: dict[str, Any], text: str) -> str | None:
         node = node.setdefault(part, {})
     node[last] = value
     return None
+
+
+def _section_fields() -> dict[str, list[str]]:
+    """Each setting name -> the full dotted paths that end in it (`learning_rate` -> train.…)."""
+    found: dict[str, list[str]] = {}
+    hints = get_type_hints(RunConfig)
+    for section in dataclasses.fields(RunConfig):
+        kind = hints[section.name]
+        if dataclasses.is_dataclass(kind):
+            for f in dataclasses.fields(kind):
+                found.setdefault(f.name, []).append(f"{section.name}.{f.name}")
+    return found
+
+
+def _full_path(key: str, problem: str) -> tuple[str, str | None]:
+    """An HF-style flat key (`learning_rate`) as the one full path it names, said on stderr; a
+    misspelled one gets the closest full path as its suggestion."""
+    paths = _section_fields()
+    if len(paths.get(key, [])) == 1:
+        (path,) = paths[key]
+        print(f"note: {key} is {path}", file=sys.stderr)
+        return path, None
+    if key in paths:
+        return key, f"{key} is ambiguous; write one of {', '.join(paths[key])}"
+    close = difflib.get_close_matches(key, list(paths), n=1)
+    if close and len(paths[close[0]]) == 1:
+        return key, f"{key}: unknown key; did you mean {paths[close[0]][0]}?"
+    return key, problem

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from reft_cli.config.schema import ModelConfig
+from reft_cli.data.decoding import decode_answers
 from reft_cli.data.examples import Example, collate, left_padded
 from reft_cli.engine.adapter_config import ReftConfig
 from reft_cli.engine.loading import LoadedModel, Placement, load_adapters, load_base
@@ -84,7 +85,7 @@ def generate_texts(
         batch = left_padded([prompts[i] for i in rows], tokenizer.pad_token_id)
         out = subject.generate(batch["input_ids"], batch["attention_mask"], **settings)
         width = batch["input_ids"].shape[1]
-        decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        decoded = decode_answers(tokenizer, out[:, width:])
         for i, text in zip(rows, decoded, strict=True):
             texts[i] = text
         advance(len(rows))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from reft_cli.config.schema import NAMED_TEMPLATES, DataConfig, GenerateConfig
+from reft_cli.data.decoding import decode_answers
 from reft_cli.data.examples import left_padded
 from reft_cli.data.templates import make_template
 from reft_cli.engine.loading import LoadedModel
@@ -86,9 +87,7 @@ class Answerer:
             **settings.kwargs(tokenizer.pad_token_id),
             **extra,
         )
-        texts = tokenizer.batch_decode(
-            out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
-        )
+        texts = decode_answers(tokenizer, out[:, batch["input_ids"].shape[1] :])
         k = settings.num_return_sequences
         return [texts[i * k : (i + 1) * k] for i in range(len(rows))]
 

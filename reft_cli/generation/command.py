@@ -67,6 +67,7 @@ def run_generate(request: GenerateRequest, console: Console) -> None:
             request.skip_bad_lines,
             console,
         )
-        console.print(f"wrote {count} rows to {request.output}")
+        if str(request.output) != "-":
+            console.print(f"wrote {count} rows to {request.output}")
     else:
         answer_prompts(answerer, request.prompts, settings, request.compare, console)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from rich.table import Table
 from transformers import TextStreamer
 
 from reft_cli.config.schema import GenerateConfig
+from reft_cli.data.decoding import decode_answers
 from reft_cli.engine.adapter_io import atomic_write_text
 from reft_cli.engine.reft_model import BASE
 from reft_cli.errors import ReftError
 from reft_cli.generation.answers import Answerer, seed_from
 
 DEFAULT_NAME = "default"
+STDIO = "-"  # --input - reads stdin, --output - writes stdout
 
 
 def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
@@ -75,10 +78,14 @@ def answer_file(
     console: Console,
 ) -> int:
     """Generate for every row of a JSONL file; each output row keeps its input fields."""
-    if not source.is_file():
-        raise ReftError(f"input file {source} not found")
-    if target.exists():
-        raise ReftError(f"{target} already exists; choose another --output")
+    if str(source) != STDIO and (not source.exists() or source.is_dir()):
+        raise ReftError(
+            f"input file {source} not found (give a JSONL file, a pipe, or - for stdin)"
+        )
+    if str(target) == STDIO:  # stdout carries the rows; progress and warnings go to stderr
+        console = Console(stderr=True)
+    elif target.exists():
+        raise ReftError(f"{target} already exists; choose another --output (or - for stdout)")
     rows, skipped = [], 0
     for number, row in _read_jsonl(source, skip_bad_lines, console):
         if row is None:
@@ -123,9 +130,12 @@ def answer_file(
                     )
                 results[i] = out
             progress.update(task, advance=len(chunk))
-    atomic_write_text(
-        target, "".join(json.dumps(results[i], ensure_ascii=False) + "\n" for i in range(len(rows)))
-    )
+    text = "".join(json.dumps(results[i], ensure_ascii=False) + "\n" for i in range(len(rows)))
+    if str(target) == STDIO:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(target, text)
     if skipped:
         console.print(f"[yellow]warning[/]: skipped {skipped} bad lines of {source}")
     return len(rows)
@@ -134,7 +144,8 @@ def answer_file(
 def _read_jsonl(
     path: Path, skip_bad_lines: bool, console: Console
 ) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    lines = sys.stdin.read() if str(path) == STDIO else path.read_text(encoding="utf-8")
+    for number, line in enumerate(lines.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -187,5 +198,5 @@ def chat(answerer: Answerer, settings: GenerateConfig, console: Console) -> None
             streamer=streamer,
             **settings.kwargs(tokenizer.pad_token_id),
         )
-        reply = tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
+        (reply,) = decode_answers(tokenizer, out[:, ids.input_ids.shape[1] :])
         history.append({"role": "assistant", "content": reply})

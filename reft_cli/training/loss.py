@@ -28,6 +28,12 @@ def takes_logits_to_keep(base: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+def cache_argument(base: nn.Module) -> str:
+    """The name the base model's forward takes a KV cache by: newer transformers 5 releases renamed
+    `past_key_values` to `cache` and warn on the old name, older ones know only the old."""
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def forward(
     model: nn.Module,
     batch: dict[str, Tensor],

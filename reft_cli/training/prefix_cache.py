@@ -30,7 +30,13 @@ from reft_cli.engine.architecture import find_block_stack
 from reft_cli.engine.positions import Positions
 from reft_cli.engine.reft_model import ReftModel
 from reft_cli.training.frozen_store import FrozenStore
-from reft_cli.training.loss import check_selected, forward, next_token_targets, takes_logits_to_keep
+from reft_cli.training.loss import (
+    cache_argument,
+    check_selected,
+    forward,
+    next_token_targets,
+    takes_logits_to_keep,
+)
 
 # The largest relative difference between the cached and the plain path's logits that the first
 # batch's check accepts: rounding in fp32 (measured ~1e-6), in half precision a few 1e-3; a
@@ -82,6 +88,7 @@ class PrefixCache:
         lowest = min((site.layer for site in model.reft_config.interventions), default=0)
         self.start = lowest if layers else 0  # the first block a step runs
         self.head_on_targets = head_on_targets and takes_logits_to_keep(model.model)
+        self.cache_name = cache_argument(model.model)
         self.hits = 0  # rows whose frozen states came from the cache
         self.misses = 0  # rows whose frozen states were computed
         self.note = ""  # why caching stepped back, if it did
@@ -167,8 +174,8 @@ class PrefixCache:
                 mask,
                 intervention_positions=positions,
                 position_ids=cols,
-                past_key_values=past,
                 use_cache=False,
+                **{self.cache_name: past},
                 **kwargs,
             )
         check_selected(out.logits, targets)
@@ -259,7 +266,10 @@ class PrefixCache:
                 )
                 try:
                     base(
-                        input_ids=ids, attention_mask=mask, position_ids=cols, past_key_values=past
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=cols,
+                        **{self.cache_name: past},
                     )
                     raise RuntimeError(f"block {self.start} never ran")
                 except _Reached as reached:

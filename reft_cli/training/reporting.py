@@ -40,6 +40,20 @@ def progress_bar(console: Console, disable: bool) -> Progress:
     )
 
 
+def progress_line(entry: dict[str, Any], total: int, elapsed: float, done_before: int) -> str:
+    """A logged step as one plain line, for logs without a terminal (CI, nohup, schedulers),
+    where the live bar draws nothing until the end."""
+    step = entry["step"]
+    rate = (step - done_before) / elapsed if elapsed > 0 and step > done_before else 0.0
+    eta = f"{(total - step) / rate:.0f}s" if rate else "?"
+    loss = entry.get("loss")
+    shown = f"{loss:.4f}" if isinstance(loss, float) else "—"
+    return (
+        f"train step {step}/{total} epoch {entry.get('epoch', 0):.2f} loss {shown} "
+        f"lr {entry.get('lr', 0):.2e} {rate:.2f} it/s ETA {eta}"
+    )
+
+
 class TrainerLog:
     """`trainer_log.jsonl`: one JSON object per logged step or evaluation, appended as it happens."""
 

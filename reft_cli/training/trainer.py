@@ -49,6 +49,7 @@ from reft_cli.training.reporting import (
     flat_config,
     plot_losses,
     progress_bar,
+    progress_line,
 )
 from reft_cli.training.run_dir import (
     check_output_dir,
@@ -160,6 +161,7 @@ class Trainer:
                 self.accelerator.process_index,
                 self.accelerator.num_processes,
             )
+        self.resumed_at = self.progress.global_step  # steps done before this process started
         self.log = TrainerLog(
             self.output_dir / LOG_NAME,
             keep_until_step=self.progress.global_step if self.resume else None,
@@ -193,6 +195,7 @@ class Trainer:
         if self.cfg.report_to != "none":
             self.accelerator.init_trackers("reft", config=flat_config(self.run.to_dict()))
         self.model.train()
+        self.loop_start = time.perf_counter()
         bar = progress_bar(self.console, disable=not self.main)
         try:
             with bar:
@@ -331,6 +334,10 @@ class Trainer:
     def _log(self, entry: dict[str, Any]) -> None:
         if self.main:
             self.log.write(entry)
+            if not self.console.is_terminal and "loss" in entry:
+                elapsed = time.perf_counter() - self.loop_start
+                line = progress_line(entry, self.total_steps, elapsed, self.resumed_at)
+                self.console.print(line, highlight=False, markup=False, soft_wrap=True)
         if self.cfg.report_to != "none":
             self.accelerator.log(entry, step=entry["step"])
 

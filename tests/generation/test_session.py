@@ -1,6 +1,8 @@
 """`reft generate` from the command line: prompts, files, mixed adapters, and bad input."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -76,6 +78,23 @@ def test_file_rows_keep_their_fields_and_gain_a_generation(adapters, tmp_path):
     rows = read_rows(target)
     assert [r["id"] for r in rows] == [7, 8]
     assert all(isinstance(r["generation"], str) for r in rows)
+
+
+def test_stdin_in_and_stdout_out_give_the_same_rows_as_files(adapters, tmp_path):
+    rows = [{"prompt": "hi", "id": 7}, {"prompt": "yo", "id": 8}]
+    source = write_rows(tmp_path / "in.jsonl", rows)
+    target = tmp_path / "out.jsonl"
+    args = ("generate", "--adapter", str(adapters["a"]), *GEN)
+    assert reft(*args, "--input", str(source), "--output", str(target)).returncode == 0
+    piped = subprocess.run(
+        [sys.executable, "-m", "reft_cli", *args, "--input", "-", "--output", "-"],
+        input=source.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(line) for line in piped.stdout.splitlines()] == read_rows(target)
 
 
 def test_mixed_adapter_file_equals_each_adapter_alone(adapters, tmp_path):

@@ -466,3 +466,22 @@ def test_a_bad_config_never_costs_the_previous_run(llama_dir, data_file, tmp_pat
     with pytest.raises(ReftError):
         fit(config(llama_dir, tmp_path / "missing.jsonl", out, overwrite_output_dir=True))
     assert (out / "reft_model.safetensors").read_bytes() == before
+
+
+def test_without_a_terminal_each_logged_step_prints_a_plain_line(llama_dir, data_file, tmp_path):
+    """CI logs and schedulers get progress as it happens, not a bar drawn once at the end."""
+    out = io.StringIO()
+    run = config(llama_dir, data_file, tmp_path / "run", max_steps=4, logging_steps=2)
+    Trainer(run, Console(file=out, width=200, force_terminal=False)).train()
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("train step")]
+    losses = logged(tmp_path / "run")
+    assert [line.split()[2] for line in lines] == ["2/4", "4/4"]
+    for line, step in zip(lines, (2, 4), strict=True):
+        assert f"loss {losses[step]:.4f}" in line and "it/s ETA" in line
+
+
+def test_a_terminal_gets_the_bar_and_no_plain_lines(llama_dir, data_file, tmp_path):
+    out = io.StringIO()
+    run = config(llama_dir, data_file, tmp_path / "run", max_steps=2, logging_steps=1)
+    Trainer(run, Console(file=out, width=200, force_terminal=True)).train()
+    assert "train step" not in out.getvalue()

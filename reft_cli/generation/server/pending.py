@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from reft_cli.data.decoding import finished_text
 from reft_cli.generation.server.engine import Row, Sampling
 from reft_cli.generation.server.errors import ApiError
 
@@ -136,6 +137,7 @@ class Pending:
                 return
             ready = len(text) - self.hold
         else:
+            text = finished_text(text)
             ready = len(text)
         choice.text = text
         if ready > choice.sent or final:
