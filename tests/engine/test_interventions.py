@@ -282,3 +282,13 @@ def test_parameter_count_roberta_base_shape():
     interventions, _, total = model.count_parameters()
     assert interventions == 18_444
     assert round(100 * interventions / total, 3) == 0.015
+
+
+@pytest.mark.parametrize("kind", ["noreft", "direft"])
+def test_add_bias_gives_w2_a_bias_and_records_the_sizes(kind):
+    """pyreft's NoReFT/DiReFT keep a bias on W2 (proj_layer) only when add_bias is set."""
+    with_bias = build_intervention(kind, 8, 2, add_bias=True)
+    without = build_intervention(kind, 8, 2)
+    assert with_bias.proj.bias is not None and with_bias.proj.bias.shape == (2,)
+    assert without.proj.bias is None
+    assert (with_bias.embed_dim, with_bias.rank) == (8, 2)

@@ -79,3 +79,16 @@ def test_explicit_positions_mask_negative_slots():
 def test_expand_repeats_each_row_in_place():
     got = Positions.from_explicit(torch.tensor([[1], [2]])).expand(2)
     assert got.index.tolist() == [[1], [1], [2], [2]]
+
+
+def test_expand_repeats_the_mask_with_the_index():
+    got = Positions.from_explicit(torch.tensor([[1, -1], [2, 0]])).expand(3)
+    assert got.mask.tolist() == [[True, False]] * 3 + [[True, True]] * 3
+    assert got.index.dtype == torch.long
+
+
+def test_explicit_positions_are_long_rows_with_masked_slots_at_zero():
+    one_row = Positions.from_explicit(torch.tensor([0, -1, 4], dtype=torch.int32))
+    assert one_row.index.dtype == torch.long and one_row.index.shape == (1, 3)
+    assert one_row.index.tolist() == [[0, 0, 4]]  # a real 0 stays 0; the unused slot points at 0
+    assert one_row.mask.tolist() == [[True, False, True]]
