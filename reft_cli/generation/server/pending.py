@@ -137,7 +137,8 @@ class Pending:
                 return
             ready = len(text) - self.hold
         else:
-            text = finished_text(text)
+            if cut is None:  # the answer's own end, not a stop string: drop a half character
+                text = finished_text(text)
             ready = len(text)
         choice.text = text
         if ready > choice.sent or final:
