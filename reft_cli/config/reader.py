@@ -23,7 +23,14 @@ from reft_cli.errors import ReftError
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML config (None: the defaults), apply `key=value` overrides, validate the result."""
     source = str(path) if path is not None else "the config"
-    data: Any = {} if path is None else _read_yaml(Path(path))
+    data: Any = (
+        {}
+        if path is None
+        else read_yaml(
+            Path(path),
+            f"config file {path} not found; check the path (shipped configs are in configs/)",
+        )
+    )
     if data is None:  # an empty file
         data = {}
     problems: list[str] = []
@@ -41,11 +48,11 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     return config
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path, missing: str) -> Any:
+    """A YAML file through safe_load (no tags run code); `missing` is the error when it is absent.
+    Bad syntax names its line and column."""
     if not path.is_file():
-        raise ReftError(
-            f"config file {path} not found; check the path (shipped configs are in configs/)"
-        )
+        raise ReftError(missing)
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

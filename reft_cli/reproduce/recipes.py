@@ -26,13 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from reft_cli.config.reader import load_config
+from reft_cli.config.reader import load_config, read_yaml
 from reft_cli.config.schema import ConfigError, RunConfig
 from reft_cli.config.shipped import find_config
 from reft_cli.config.validation import NON_NEGATIVE, build, option, rule
-from reft_cli.errors import ReftError
 
 __all__ = ["AVERAGE", "Expectation", "Recipe", "RecipeRun", "load_recipe"]
 
@@ -114,12 +111,7 @@ class _Top:
 
 def load_recipe(path: Path) -> Recipe:
     """Read and check a recipe: its fields, its run names, and every run's config and overrides."""
-    if not path.is_file():
-        raise ReftError(f"recipe {path} not found; the shipped recipes are in recipes/")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ReftError(f"{path} is not valid YAML ({err}); fix the syntax and retry") from err
+    data = read_yaml(path, f"recipe {path} not found; the shipped recipes are in recipes/")
     problems: list[str] = []
     data = dict(data) if isinstance(data, dict) else data
     runs = _entries(

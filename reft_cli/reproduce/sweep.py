@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from rich.console import Console
 from rich.live import Live
 
-from reft_cli.config.reader import load_config
+from reft_cli.config.reader import load_config, read_yaml
 from reft_cli.config.schema import RunConfig
 from reft_cli.config.splits import parse_split_spec
 from reft_cli.config.validation import check_path
@@ -96,12 +95,7 @@ class SweepOptions:
 
 def load_space(path: Path) -> list[Param]:
     """The search space YAML: `key: {choices: [...]}` or `key: {low, high, log?, step?}`."""
-    if not path.is_file():
-        raise ReftError(f"search space {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ReftError(f"{path} is not valid YAML: {first_line(err)}") from err
+    data = read_yaml(path, f"search space {path} not found")
     if not isinstance(data, dict) or not data:
         raise ReftError(f"{path}: expected a mapping of config keys to ranges or choices")
     problems = []
