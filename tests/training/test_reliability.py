@@ -1,25 +1,10 @@
 """The trainer keeps the user's files and its own checkpoints safe: foreign folders, locks,
 interrupts mid-step, weights gone non-finite, SIGTERM."""
 
-import json
-
 import pytest
 
 from reft_cli.errors import ReftError
-from tests.conftest import tiny_model_dir
-from tests.training.test_trainer import ROWS, config, fit, logged
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return path
+from tests.training.test_trainer import config, fit, logged
 
 
 def test_training_into_a_folder_of_the_users_files_refuses_and_keeps_them(

@@ -20,18 +20,6 @@ from tests.training.host_reads import spy_host_reads
 ROWS = [{"prompt": f"say {w}", "response": f"{w} {w}!"} for w in "abcdefghijklmnop"]
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return path
-
-
 def config(
     model_dir, data_file, out, dropout=0.1, positions="f1+l1", layers=(0, 2), **train
 ) -> RunConfig:
