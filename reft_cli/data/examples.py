@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from reft_cli.config.schema import DataConfig
 from reft_cli.config.splits import half_spec, take_split
 from reft_cli.data.labels import example_labels
-from reft_cli.data.mc_format import gold_options
+from reft_cli.data.mc_format import Option, gold_options, row_options
 from reft_cli.data.oe_eval import REQUESTS_FILE, read_requests
 from reft_cli.data.templates import RESPONSE_COLUMNS, PromptTemplate, make_template, missing_column
 from reft_cli.errors import ReftError, first_line
@@ -61,6 +61,7 @@ class Example:
     prompt_length: int
     labels: list[int] | None = None  # causal LM: -100 on the prompt, response ids after it
     label: int | float | None = None  # sequence classification (float: regression)
+    choice: tuple[int, int] | None = None  # mc_format eval: (this option, the row's gold option)
 
 
 @dataclass
@@ -245,8 +246,12 @@ def build_examples(
     *,
     label_names: Sequence[str] | None = None,
     num_labels: int | None = None,
+    every_option: bool = False,
 ) -> tuple[list[Example], int]:
     """Tokenize rows into examples; returns them and how many were dropped as over max_length.
+
+    With data.mc_format, training examples are each row's gold option; `every_option` gives every
+    option of every row instead (each tagged with its `choice`), which selection accuracy scores.
 
     seq_cls: `label_names` fixes the string-label ids (default: this data's sorted labels, see
     `label_names_of`); `num_labels=1` means regression, with float labels.
@@ -255,6 +260,8 @@ def build_examples(
     if not records:
         return [], 0
     if data_cfg.mc_format == "loglik" and task_type == "causal_lm":  # no eos: the scorer has none
+        if every_option:
+            return _option_examples(row_options(records, tokenizer), data_cfg.max_length)
         return _causal_examples(gold_options(records, tokenizer), data_cfg.max_length)
     prompts = [template.prompt(row) for row in records]
     prompt_ids = tokenizer(prompts, add_special_tokens=not template.has_special_tokens)["input_ids"]
@@ -303,6 +310,24 @@ def _causal_examples(
         labels = [IGNORE_INDEX] * len(prompt) + response
         examples.append(Example(i, prompt + response, len(prompt), labels=labels))
     return examples, len(pairs) - len(examples)
+
+
+def _option_examples(options: Sequence[Option], max_length: int) -> tuple[list[Example], int]:
+    """Every option as an example of its row; a row with an over-long option is dropped whole,
+    so each kept row is scored on all its options."""
+    too_long = {o.row for o in options if len(o.context) + len(o.continuation) > max_length}
+    examples = [
+        Example(
+            o.row,
+            o.context + o.continuation,
+            len(o.context),
+            labels=[IGNORE_INDEX] * len(o.context) + o.continuation,
+            choice=(o.index, o.gold),
+        )
+        for o in options
+        if o.row not in too_long
+    ]
+    return examples, len(too_long)
 
 
 # ---------------------------------------------------------------------------- splitting, loading
@@ -369,7 +394,7 @@ def load_data(
         config = data_cfg.dataset_config if data_cfg.eval_dataset is None else None
         eval_rows = _eval_rows(source, config, data_cfg.eval_split or "validation", seed)
         evals, dropped_eval = build_examples(
-            eval_rows, data_cfg, task_type, tokenizer, template, **build
+            eval_rows, data_cfg, task_type, tokenizer, template, **build, every_option=True
         )
     elif data_cfg.val_size is not None:
         train, evals = split_train_eval(train, data_cfg.val_size, seed)
