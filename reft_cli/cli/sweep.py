@@ -20,6 +20,9 @@ def sweep(
     budget_minutes: float | None = typer.Option(
         None, "--budget-minutes", min=0, help="Start no new trial after this many minutes."
     ),
+    prune: bool = typer.Option(
+        True, "--prune/--no-prune", help="Stop trials trailing the median at an evaluation."
+    ),
     out: Path = typer.Option(
         Path("out/sweep"), "--out", help="Trials, best.yaml, sweep.md, plots."
     ),
@@ -35,5 +38,7 @@ def sweep(
     """
     from reft_cli.reproduce.sweep import SweepOptions, run_sweep
 
-    options = SweepOptions(config_path(config), space, out, trials, study, storage, budget_minutes)
+    options = SweepOptions(
+        config_path(config), space, out, trials, study, storage, budget_minutes, prune
+    )
     run_sweep(options, console)

@@ -91,6 +91,7 @@ class SweepOptions:
     study: str | None = None  # default: the config file's stem
     storage: Path | None = None  # default: OUT/study.db
     budget_minutes: float | None = None  # no new trial starts after this
+    prune: bool = True  # stop a trial whose intermediate value trails the median of earlier ones
 
 
 def load_space(path: Path) -> list[Param]:
@@ -203,7 +204,14 @@ def run_sweep(options: SweepOptions, console: Console) -> optuna.Study:
     )
     # Seeded apart per run, so a resumed study does not draw its first trials again.
     sampler = optuna.samplers.TPESampler(seed=base.train.seed + len(study.trials))
-    study = optuna.load_study(study_name=name, storage=url, sampler=sampler)
+    # Median pruning compares a trial's selection value at each evaluation with what completed
+    # trials had at the same step; the first two trials always run to the end.
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=2)
+        if options.prune
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.load_study(study_name=name, storage=url, sampler=sampler, pruner=pruner)
     _fail_interrupted(study)
     study.set_user_attr("metric", metric)
     fixed = [] if base.train.metric_for_best_model else [f"train.metric_for_best_model={metric}"]
@@ -235,6 +243,18 @@ def run_sweep(options: SweepOptions, console: Console) -> optuna.Study:
         console.print(f"best config: {out / 'best.yaml'}  (reft train {out / 'best.yaml'})")
     console.print(f"report: {out / 'sweep.md'}")
     return study
+
+
+def _reporter(trial: optuna.Trial, metric: str) -> Callable[[int, dict[str, float]], None]:
+    """The trainer's eval callback: report the selection value, stop the trial if pruned."""
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        trial.report(metrics[metric], step)
+        if trial.should_prune():
+            trial.set_user_attr("pruned_at_step", step)
+            raise _optuna().TrialPruned(f"{metric}={metrics[metric]:.6g} at step {step}")
+
+    return report
 
 
 def _fail_interrupted(study: optuna.Study) -> None:
@@ -270,7 +290,7 @@ def _objective(
                     "train.overwrite_output_dir=true",
                 ],
             )
-            summary = Trainer(run, Console(quiet=True)).train()
+            summary = Trainer(run, Console(quiet=True), on_eval=_reporter(trial, metric)).train()
             value = summary.best_metric
             if value is None or not math.isfinite(value):
                 raise ReftError(f"{metric} is {value}; the trial gave no finite selection value")

@@ -35,6 +35,8 @@ def _params(trial: optuna.trial.FrozenTrial) -> str:
 def _note(trial: optuna.trial.FrozenTrial) -> str:
     if trial.state.name == "FAIL":
         return str(trial.user_attrs.get("error", "interrupted"))
+    if trial.state.name == "PRUNED":
+        return f"pruned at step {trial.user_attrs.get('pruned_at_step', '?')}"
     return ""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,8 +76,16 @@ if TYPE_CHECKING:
 class Trainer:
     """One training run: owns the accelerator, optimizer, schedule, progress and output folder."""
 
-    def __init__(self, run: RunConfig, console: Console) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        console: Console,
+        on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        """`on_eval(step, metrics)` sees every evaluation; an exception it raises (a sweep's
+        pruned trial) stops the run there, its folder released."""
         self.run, self.cfg, self.console = run, run.train, console
+        self.on_eval = on_eval
         self.start = time.perf_counter()
         self.output_dir = Path(self.cfg.output_dir)
         # accelerate keeps mixed precision in a process-wide singleton; a second run in the same
@@ -360,6 +369,8 @@ class Trainer:
                 f"train.metric_for_best_model={self.cfg.metric_for_best_model!r} is not computed; "
                 f"choose one of {', '.join(sorted(metrics))}"
             )
+        if self.on_eval is not None:
+            self.on_eval(self.progress.global_step, metrics)
         best = self.progress.best_metric
         if best is not None and not (value > best if self.greater else value < best):
             return False

@@ -4,6 +4,7 @@ best config runnable, and no data load ever asked for the test rows."""
 from __future__ import annotations
 
 import builtins
+import json
 import re
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from rich.console import Console
 from reft_cli.config.reader import load_config
 from reft_cli.data import examples
 from reft_cli.errors import ReftError
-from reft_cli.reproduce.sweep import SweepOptions, load_space, run_sweep
+from reft_cli.reproduce.sweep import SweepOptions, _reporter, load_space, run_sweep
+from reft_cli.training.trainer import Trainer
 from tests.cli.test_cli import reft
 from tests.conftest import tiny_model_dir
 
@@ -127,3 +129,50 @@ def test_space_and_objective_errors_are_one_line(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_optuna)
     with pytest.raises(ReftError, match=r"pip install 'reft\[sweep\]'"):
         run_sweep(SweepOptions(config, space, tmp_path / "o"), Console(quiet=True))
+
+
+def test_a_trial_trailing_the_median_is_pruned_and_stops_its_training(setup, tmp_path):
+    _, config = setup
+    study = optuna.create_study(
+        direction="minimize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
+    )
+    first = study.ask()
+    _reporter(first, "eval_loss")(1, {"eval_loss": 0.5})
+    study.tell(first, 0.5)
+    # the second trial's training evaluates at every step; its first value trails the median
+    run = load_config(
+        config,
+        [f"train.output_dir={tmp_path / 'trial'}", "train.eval_steps=1", "train.max_steps=3"],
+    )
+    second, seen = study.ask(), []
+    report = _reporter(second, "eval_loss")
+
+    def on_eval(step, metrics):
+        seen.append(step)
+        report(step, {"eval_loss": 0.5 + 10.0 * step})
+
+    with pytest.raises(optuna.TrialPruned, match="at step 1"):
+        Trainer(run, Console(quiet=True), on_eval=on_eval).train()
+    assert seen == [1]  # no step after the pruned evaluation ran
+    assert second.user_attrs["pruned_at_step"] == 1
+    # a trial at the median is kept
+    third = study.ask()
+    _reporter(third, "eval_loss")(1, {"eval_loss": 0.5})
+    assert not third.should_prune()
+
+
+def test_the_trainer_reports_every_evaluation_to_its_callback(setup, tmp_path):
+    _, config = setup
+    run = load_config(
+        config,
+        [f"train.output_dir={tmp_path / 'run'}", "train.eval_steps=1", "train.max_steps=3"],
+    )
+    seen = []
+    Trainer(run, Console(quiet=True), on_eval=lambda step, m: seen.append((step, m))).train()
+    logged = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()
+    ]
+    evals = [e for e in logged if "eval_loss" in e]
+    assert [s for s, _ in seen] == [e["step"] for e in evals] == [1, 2, 3]
+    assert [m["eval_loss"] for _, m in seen] == pytest.approx([e["eval_loss"] for e in evals])
