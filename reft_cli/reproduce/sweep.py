@@ -173,7 +173,9 @@ def objective_metric(run: RunConfig) -> tuple[str, bool]:
                 f"data.eval_split={data.eval_split!r} is the reported test split; a sweep selects "
                 "on 'selection of SPLIT' or a data.val_size hold-out, never on test rows"
             )
-    metric = run.train.metric_for_best_model or "eval_loss"
+    # multiple-choice selection rows score every option: accuracy is what the test reports
+    default = "eval_accuracy" if data.mc_format is not None else "eval_loss"
+    metric = run.train.metric_for_best_model or default
     metric = metric if metric.startswith("eval_") else f"eval_{metric}"
     greater = run.train.greater_is_better
     return metric, (not metric.endswith("loss")) if greater is None else greater

