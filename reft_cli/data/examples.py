@@ -11,11 +11,12 @@ caller to warn about) rather than cutting either part. Each example keeps its ro
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,13 +147,26 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
     if path.suffix == ".jsonl":
         _check_jsonl(path)
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        with _no_progress_bars():  # reft shows its own progress; a local file reads in a blink
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
     except ValueError as err:
         if "corresponds to no data" in str(err):  # a csv header, `[]`, blank lines
             raise _no_rows(path) from err
         raise ReftError(f"could not read {path} as {builder}: {first_line(err)}") from err
     except Exception as err:
         raise ReftError(f"could not read {path} as {builder}: {first_line(err)}") from err
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """datasets' own bars ("Generating train split") off while reading, as they were after."""
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
 
 
 def _check_jsonl(path: Path) -> None:

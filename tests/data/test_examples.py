@@ -414,3 +414,15 @@ def test_collate_of_real_examples_keeps_the_prompt_boundary(tok):
     for row, ex in enumerate(examples):
         first_target = (batch["labels"][row] != -100).nonzero()[0].item()
         assert first_target == batch["prompt_lengths"][row].item() == ex.prompt_length
+
+
+def test_reading_a_local_file_prints_no_progress_bar_of_datasets(tmp_path, capfd):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "response": "a"}) + "\n" for i in range(3))
+    )
+    datasets.enable_progress_bars()
+    rows = load_rows(str(path), None, "train")
+    assert len(rows) == 3
+    assert "Generating" not in capfd.readouterr().err
+    assert datasets.is_progress_bar_enabled()  # put back as it was
