@@ -127,6 +127,44 @@ def test_a_list_of_prompts_gives_a_choice_each(server, expected):
     assert texts == [expected["completions", "math", p] for p in PROMPTS[:2]]
 
 
+def test_logprobs_in_completions_and_chat_streamed_or_not(client, expected):
+    out = client.completions.create(
+        model="emoji", prompt="Hello", max_tokens=MAX_TOKENS, temperature=0, logprobs=2
+    )
+    scores = out.choices[0].logprobs
+    assert out.choices[0].text == expected["completions", "emoji", "Hello"]
+    # One entry per completion token (a byte tokenizer's tokens may be half characters).
+    assert len(scores.tokens) == out.usage.completion_tokens
+    assert len(scores.token_logprobs) == len(scores.tokens) == len(scores.top_logprobs)
+    for token, logprob, top in zip(
+        scores.tokens, scores.token_logprobs, scores.top_logprobs, strict=True
+    ):
+        assert len(top) <= 2 and max(top.values()) == logprob <= 0 and top[token] == logprob
+    assert scores.text_offset[0] == 0
+    stream = client.completions.create(
+        model="emoji", prompt="Hello", max_tokens=MAX_TOKENS, temperature=0, logprobs=2, stream=True
+    )
+    streamed = [
+        v for c in stream if c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs
+    ]
+    assert streamed == scores.token_logprobs
+    chat = client.chat.completions.create(
+        model="math",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == t.logprob for t in content)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(
+            model="math", messages=[{"role": "user", "content": "x"}], top_logprobs=2
+        )
+
+
 def test_auth_is_required_except_for_health(server):
     assert httpx.get(server.url + "/health").status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -143,7 +181,8 @@ def test_auth_is_required_except_for_health(server):
         ({"model": "emoji", "prompt": "x" * 300}, 400, "maximum context length is 256"),
         ({"model": "emoji", "prompt": "x", "max_tokens": 10_000}, 400, "max_tokens"),
         ({"model": "emoji", "prompt": "x", "temperature": -1}, 400, "temperature"),
-        ({"model": "emoji", "prompt": "x", "logprobs": 2}, 400, "logprobs is not supported"),
+        ({"model": "emoji", "prompt": "x", "echo": True}, 400, "echo is not supported"),
+        ({"model": "emoji", "prompt": "x", "logprobs": 21}, 400, "logprobs must be"),
         ({"model": "emoji", "prompt": ""}, 400, "empty"),
         ({"prompt": "x"}, 400, "model is required"),
     ],

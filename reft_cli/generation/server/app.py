@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException
 
 from reft_cli.generation.server.adapters import Models
 from reft_cli.generation.server.errors import ApiError, bad_request
-from reft_cli.generation.server.pending import Pending
+from reft_cli.generation.server.logprobs import chat_logprobs, completion_logprobs
+from reft_cli.generation.server.pending import Choice, Pending
 from reft_cli.generation.server.protocol import Job, parse_chat, parse_completion
 
 log = logging.getLogger("reft.serve")
@@ -119,7 +120,7 @@ def create_app(
             job.n,
             job.stop,
             job.stream,
-            engine.eos,
+            job.logprobs,
         )
         engine.submit(pending.rows)
         record = Record(request, job, pending)
@@ -129,7 +130,7 @@ def create_app(
             )
         choices = await _until_done(request, pending)
         record.log(200)
-        return _body(job, pending, record.id, chat, [(c.text, c.finish) for c in choices])
+        return _body(job, pending, record.id, chat, choices)
 
     return app
 
@@ -151,7 +152,7 @@ class Record:
         if self.logged:
             return
         self.logged = True
-        started = self.pending.started_at
+        started, first = self.pending.started_at, self.pending.first_token_at
         line = {
             "event": "request",
             "id": self.id,
@@ -164,6 +165,7 @@ class Record:
             "prompt_tokens": self.pending.prompt_tokens,
             "completion_tokens": self.pending.completion_tokens,
             "queue_s": round(started - self.start, 4) if started is not None else None,
+            "ttft_s": round(first - self.start, 4) if first is not None else None,
             "total_s": round(time.monotonic() - self.start, 4),
         }
         log.info(json.dumps(line))
@@ -174,6 +176,7 @@ class Record:
         job, pending, status = self.job, self.pending, 200
         kind = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
+        offsets = [0] * len(pending.rows)  # where each choice's next token's text begins
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             body = {"id": _id(self.id, chat), "object": kind, "created": created}
@@ -189,11 +192,20 @@ class Record:
                     ]
                 )
             async for delta in pending.deltas():
+                scores = None
+                if delta.logprobs is not None:
+                    offset = offsets[delta.index]
+                    offsets[delta.index] += sum(len(e.token) for e in delta.logprobs)
+                    scores = (
+                        chat_logprobs(delta.logprobs)
+                        if chat
+                        else completion_logprobs(delta.logprobs, offset)
+                    )
                 if chat:
                     part = {"content": delta.text} if delta.text else {}
-                    yield chunk([_chat_delta(delta.index, part, delta.finish)])
+                    yield chunk([_chat_delta(delta.index, part, delta.finish, scores)])
                 else:
-                    yield chunk([_text_choice(delta.index, delta.text, delta.finish)])
+                    yield chunk([_text_choice(delta.index, delta.text, delta.finish, scores)])
             if job.include_usage:
                 yield chunk([], usage=_usage(pending))
         except ApiError as err:
@@ -208,7 +220,7 @@ class Record:
         yield "data: [DONE]\n\n"
 
 
-async def _until_done(request: Request, pending: Pending) -> list[Any]:
+async def _until_done(request: Request, pending: Pending) -> list[Choice]:
     """The request's choices; a client that disconnects first cancels its rows."""
     task = asyncio.ensure_future(pending.result())
     try:
@@ -272,29 +284,37 @@ def _usage(pending: Pending) -> dict[str, int]:
     }
 
 
-def _text_choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+def _text_choice(
+    index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
-def _chat_delta(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+def _chat_delta(
+    index: int, delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
 
 def _body(
-    job: Job, pending: Pending, request_id: str, chat: bool, choices: list[tuple[str, str | None]]
+    job: Job, pending: Pending, request_id: str, chat: bool, choices: list[Choice]
 ) -> dict[str, Any]:
+    wanted = job.logprobs >= 0
     if chat:
         listed = [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": chat_logprobs(c.logprobs) if wanted else None,
+                "finish_reason": c.finish,
             }
-            for i, (text, finish) in enumerate(choices)
+            for i, c in enumerate(choices)
         ]
     else:
-        listed = [_text_choice(i, text, finish) for i, (text, finish) in enumerate(choices)]
+        listed = [
+            _text_choice(i, c.text, c.finish, completion_logprobs(c.logprobs) if wanted else None)
+            for i, c in enumerate(choices)
+        ]
     return {
         "id": _id(request_id, chat),
         "object": "chat.completion" if chat else "text_completion",

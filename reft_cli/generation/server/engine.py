@@ -1,21 +1,24 @@
-"""The engine: one worker thread owns the model and runs batched generate calls over a queue.
+"""The engine: one worker thread owns the model and runs a decode loop that rows join and leave.
 
-Requests become rows (one per prompt and choice) in a bounded queue. The worker takes the oldest
-row and every waiting row with the same decode settings, up to the batch size, whatever their
-adapters: `ReftModel.generate(adapter_names=...)` prefills each row with its own adapter's edits and
-decodes the batch together on the base model. A batch runs to its end; rows that arrive meanwhile
-wait for the next one (no joining a running batch). Per-row token limits and cancellations are one
-stopping criterion over tensors; streamed tokens reach the event loop with one call per step, and
-per-row work (detokenizing, stop strings) happens there, off the decode thread. Adapter loading and
-unloading run on the same thread between batches, so the model never changes under a batch.
+Requests become rows (one per prompt and choice) in a bounded queue. Each turn of the loop admits
+waiting rows up to the batch size, whatever their adapters or decode settings: the new rows are
+prefilled together, each with its own adapter's edits (`adapter_names`), and join the running
+batch (batch.py). Then one decode step runs every row on the plain base model, since the edits
+live in the cache. So a new request waits at most one step and one prefill for its first token.
+Rows leave at their end-of-text token, their token limit, or when cancelled (a stop string, a
+client gone); those checks are tensor ops over the batch. Each step's tokens reach the event loop
+in one call, and per-row work (detokenizing, stop strings) happens there, off this thread.
+Adapter loading and unloading run on this thread between steps: rows already decoding keep their
+edits in the cache, so the model may change under them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -23,56 +26,36 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import DynamicCache
 
-from reft_cli.config.schema import GenerateConfig
 from reft_cli.data.examples import left_padded
 from reft_cli.engine.loading import LoadedModel
-from reft_cli.engine.reft_model import BASE
+from reft_cli.engine.reft_model import BASE, ReftModel
+from reft_cli.generation.server.batch import Batch
 from reft_cli.generation.server.errors import ApiError
+from reft_cli.generation.server.sampler import Draws, next_tokens, top_logprobs
+from reft_cli.training.loss import cache_argument, takes_logits_to_keep
 
 Deliver = Callable[[str, Any], None]  # (event, payload), called on the event loop
+RUNNING, EOS, LENGTH = 0, 1, 2  # a row's state after a step
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Decode settings rows must share to share a batch (temperature 0 is greedy)."""
+    """A request's decode settings (temperature 0 is greedy; top_k 0 is no top-k filter)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k filter
+    top_k: int = 0
     seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def key(self, row: object) -> tuple:
-        """Seeded rows batch alone: transformers draws one random stream for the whole batch."""
-        if self.seed is not None:
-            return ("seed", id(row))
-        if self.greedy:
-            return ("greedy",)
-        return ("sample", self.temperature, self.top_p, self.top_k)
-
-    def config(self, max_new_tokens: int) -> GenerateConfig:
-        if self.greedy:
-            return GenerateConfig(max_new_tokens=max_new_tokens)
-        return GenerateConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-        )
 
 
 @dataclass(eq=False)
 class Row:
-    """One prompt to answer once; `deliver` gets ("tokens", ids), ("done", (ids, reason)) or
-    ("error", ApiError) on the event loop."""
+    """One prompt to answer once. `deliver` gets ("tokens", (id, logprob entry)) as tokens come
+    when `feed`, then ("done", (ids, reason, entries)), or ("error", ApiError), on the event loop.
+    `logprobs` is how many top log-probabilities to report (-1: none); `index` tells a request's
+    choices apart, so n choices under one seed differ."""
 
     prompt: list[int]
     adapter: str
@@ -80,52 +63,36 @@ class Row:
     sampling: Sampling
     deliver: Deliver
     feed: bool = False  # send tokens as they come (streaming, stop strings)
+    logprobs: int = -1
+    index: int = 0
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    first_at: float | None = None
     cancelled: bool = False
-    _slot: tuple[Tensor, int] | None = None
+    tokens: list[int] = field(default_factory=list)  # event loop only
+    entries: list[tuple] = field(default_factory=list)  # event loop only
+    _draw: tuple | None = None
+    _on_cancel: Callable[[], None] | None = None
 
     def cancel(self) -> None:
-        """Drop the row: skipped if still queued, stopped at the next step if running."""
+        """Drop the row: skipped if still queued, removed before the next step if running."""
         self.cancelled = True
-        if self._slot is not None:
-            flags, index = self._slot
-            flags[index] = True
+        if self._on_cancel is not None:
+            self._on_cancel()
 
-
-class RowStop(StoppingCriteria):
-    """Row i is done once it has `limits[i]` new tokens or was cancelled (tensor ops only)."""
-
-    def __init__(self, width: int, limits: Tensor, cancelled: Tensor) -> None:
-        self.width, self.limits, self.cancelled = width, limits, cancelled
-
-    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
-        done = (input_ids.shape[1] - self.width) >= self.limits
-        return done | self.cancelled.to(input_ids.device, non_blocking=True)
-
-
-class StepFeed(BaseStreamer):
-    """Hands each decode step's tokens (one list for the batch) to the event loop in one call."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, rows: list[Row]) -> None:
-        self.loop = loop
-        self.fed = [(i, row) for i, row in enumerate(rows) if row.feed]
-        self.prompt_seen = False
-
-    def put(self, value: Tensor) -> None:
-        if not self.prompt_seen:  # generate's first call is the prompt itself
-            self.prompt_seen = True
-            return
-        self.loop.call_soon_threadsafe(_fan_out, self.fed, value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass
-
-
-def _fan_out(fed: list[tuple[int, Row]], tokens: list[int]) -> None:
-    for i, row in fed:
-        if not row.cancelled:
-            row.deliver("tokens", tokens[i])
+    def take(self, token: int, state: int, entry: tuple | None) -> None:
+        """One step's token for this row (on the event loop)."""
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        if state != EOS:
+            self.tokens.append(token)
+            if entry is not None:
+                self.entries.append(entry)
+            if self.feed:
+                self.deliver("tokens", (token, entry))
+        if state != RUNNING:
+            reason = "stop" if state == EOS else "length"
+            self.deliver("done", (self.tokens, reason, self.entries))
 
 
 class Engine:
@@ -136,22 +103,34 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.eos = _eos_ids(loaded)
+        self.batch_sizes: Counter[int] = Counter()  # decode steps run at each batch size
         self._rows: deque[Row] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._ready = threading.Condition()
-        self._running: list[Row] = []
+        self._batch: Batch | None = None
+        self._cancelled = False  # a running row was cancelled since the last step
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._work, name="reft-engine", daemon=True)
+        base = loaded.base_model
+        self._cache_name = cache_argument(base)
+        self._extra = {"logits_to_keep": 1} if takes_logits_to_keep(base) else {}
+        self._eos_ids = torch.empty(0, dtype=torch.long)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the worker; results are delivered on `loop`."""
         self._loop = loop
+        self._eos_ids = torch.tensor(sorted(self.eos), dtype=torch.long, device=self.loaded.device)
         self._thread.start()
 
     @property
     def waiting(self) -> int:
         return len(self._rows)
+
+    @property
+    def running(self) -> int:
+        batch = self._batch
+        return len(batch) if batch is not None else 0
 
     def submit(self, rows: list[Row]) -> None:
         """Queue a request's rows, all or none: a full queue is a 503 the client may retry."""
@@ -169,7 +148,7 @@ class Engine:
             self._ready.notify()
 
     def call(self, fn: Callable[[], Any]) -> Future:
-        """Run `fn` on the worker thread between batches (adapter loading and unloading)."""
+        """Run `fn` on the worker thread between steps (adapter loading and unloading)."""
         future: Future = Future()
         with self._ready:
             if self._closed:
@@ -179,16 +158,17 @@ class Engine:
         return future
 
     def close(self, timeout: float = 10.0) -> None:
-        """Refuse new work, fail waiting rows, stop running ones, and join the worker."""
+        """Refuse new work, fail waiting and running rows, and join the worker."""
         with self._ready:
             self._closed = True
             waiting, self._rows = list(self._rows), deque()
-            for row in self._running:
-                row.cancel()
+            batch = self._batch
+            running = list(batch.rows) if batch is not None else []
             self._ready.notify()
         error = ApiError(503, "the server is shutting down", "server_shutting_down")
-        for row in waiting:
+        for row in [*waiting, *running]:
             self._send(row, "error", error)
+            row.cancel()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -196,43 +176,35 @@ class Engine:
     def _work(self) -> None:
         while True:
             with self._ready:
-                while not (self._closed or self._rows or self._calls):
+                while not (self._closed or self._rows or self._calls or self._batch):
                     self._ready.wait()
-                if self._calls:
-                    fn, future = self._calls.popleft()
-                elif self._closed:
-                    return
-                else:
-                    fn, future = None, None
-                    batch = self._take()
-                    self._running = batch
-            if fn is not None and future is not None:
+                calls, self._calls = list(self._calls), deque()
+                admitted = self._take()
+                closing = self._closed
+            for fn, future in calls:
                 _run_call(fn, future)
-            elif batch:
-                self._run(batch)
-                with self._ready:
-                    self._running = []
+            if admitted:
+                self._admit(admitted)
+            if self._batch is not None:
+                self._step()
+            elif closing:
+                return
 
     def _take(self) -> list[Row]:
-        """The oldest live row and the waiting rows with its settings, up to the batch size."""
-        while self._rows and self._rows[0].cancelled:
-            self._rows.popleft()
-        if not self._rows:
+        """The oldest live waiting rows, as many as the running batch has room for. A model whose
+        cache cannot be padded (sliding windows) admits only into an empty batch."""
+        batch = self._batch
+        if batch is not None and not batch.joinable():
             return []
-        key = self._rows[0].sampling.key(self._rows[0])
-        batch: list[Row] = []
-        rest: deque[Row] = deque()
-        for row in self._rows:
-            if row.cancelled:
-                continue
-            if len(batch) < self.max_batch_size and row.sampling.key(row) == key:
-                batch.append(row)
-            else:
-                rest.append(row)
-        self._rows = rest
-        return batch
+        room = self.max_batch_size - (len(batch) if batch is not None else 0)
+        taken: list[Row] = []
+        while self._rows and len(taken) < room:
+            row = self._rows.popleft()
+            if not row.cancelled:
+                taken.append(row)
+        return taken
 
-    def _run(self, rows: list[Row]) -> None:
+    def _admit(self, rows: list[Row]) -> None:
         adapters = set(self.loaded.records)
         unknown = [r for r in rows if r.adapter != BASE and r.adapter not in adapters]
         for row in unknown:
@@ -242,56 +214,161 @@ class Engine:
         if not rows:
             return
         try:
-            outputs = self._generate(rows)
-        except Exception as err:  # a failed batch fails its rows, not the server
-            failure = ApiError(500, f"generation failed: {type(err).__name__}: {err}", "internal")
-            for row in rows:
-                self._send(row, "error", failure)
+            new = self._prefill(rows)
+        except Exception as err:  # a failed prefill fails its rows, not the server
+            self._fail(rows, err)
             return
-        for row, tokens in zip(rows, outputs, strict=True):
-            if not row.cancelled:
-                self._send(row, "done", self._finish(row, tokens))
+        if not len(new):
+            return
+        if self._batch is None:
+            self._batch = new
+        else:
+            rows = self._batch.rows + new.rows
+            self._batch.join(new, _draws(rows, self.loaded.device))
 
-    def _generate(self, rows: list[Row]) -> list[list[int]]:
-        """One batched generate: every row's adapter on its prompt, decoding on the base model."""
-        tokenizer = self.loaded.tokenizer
-        batch = left_padded([r.prompt for r in rows], tokenizer.pad_token_id)
-        width = batch["input_ids"].shape[1]
+    def _prefill(self, rows: list[Row]) -> Batch:
+        """The new rows' prompts through the model with their adapters' edits, and first tokens."""
         device = self.loaded.device
-        cancelled = torch.zeros(len(rows), dtype=torch.bool)
+        padded = left_padded([r.prompt for r in rows], self.loaded.tokenizer.pad_token_id)
+        ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
         now = time.monotonic()
-        for i, row in enumerate(rows):
+        for row in rows:
             row.started_at = now
-            row._slot = (cancelled, i)
-            cancelled[i] = row.cancelled
-        limits = torch.tensor([r.max_tokens for r in rows], device=device)
-        sampling = rows[0].sampling
-        settings = sampling.config(max(r.max_tokens for r in rows))
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        assert self._loop is not None
-        streamer = StepFeed(self._loop, rows) if any(r.feed for r in rows) else None
-        out = self.loaded.generate(
-            batch["input_ids"],
-            batch["attention_mask"],
-            [r.adapter for r in rows],
-            stopping_criteria=StoppingCriteriaList([RowStop(width, limits, cancelled)]),
-            streamer=streamer,
-            **settings.kwargs(tokenizer.pad_token_id),
+            row._on_cancel = self._note_cancel
+            row._draw = _draw(row, device)
+        base = self.loaded.base_model
+        cache = DynamicCache(config=base.config)
+        model = self.loaded.model
+        edits = (
+            model.prompt_edits(mask, adapter_names=[r.adapter for r in rows])
+            if isinstance(model, ReftModel)
+            else contextlib.nullcontext()
         )
-        return out[:, width:].tolist()
+        with torch.no_grad(), edits:
+            out = base(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(dim=1) - 1).clamp_min(0),
+                use_cache=True,
+                **{self._cache_name: cache},
+                **self._extra,
+            )
+        logits = out.logits[:, -1].float()
+        draws = _draws(rows, device)
+        tokens = next_tokens(logits, draws)
+        batch = Batch(
+            rows,
+            cache,
+            mask,
+            positions=mask.sum(dim=1),
+            last=tokens,
+            counts=torch.ones(len(rows), dtype=torch.long, device=device),
+            limits=torch.tensor([r.max_tokens for r in rows], device=device),
+            draws=draws,
+            logprobs=max(r.logprobs for r in rows),
+        )
+        self._emit(batch, logits, tokens)
+        return batch
 
-    def _finish(self, row: Row, tokens: list[int]) -> tuple[list[int], str]:
-        """The row's own tokens (up to its limit, without the end-of-text token) and why it ended."""
-        tokens = tokens[: row.max_tokens]
-        for position, token in enumerate(tokens):
-            if token in self.eos:
-                return tokens[:position], "stop"
-        return tokens, "length" if len(tokens) >= row.max_tokens else "stop"
+    def _step(self) -> None:
+        """Drop cancelled rows, then one token for every running row."""
+        batch = self._batch
+        assert batch is not None
+        if self._cancelled:
+            self._cancelled = False
+            self._retire(batch, [not r.cancelled for r in batch.rows])
+            if not len(batch):
+                self._batch = None
+                return
+        self.batch_sizes[len(batch)] += 1
+        ones = torch.ones_like(batch.mask[:, :1])
+        batch.mask = torch.cat([batch.mask, ones], dim=1)
+        try:
+            with torch.no_grad():
+                out = self.loaded.base_model(
+                    input_ids=batch.last[:, None],
+                    attention_mask=batch.mask,
+                    position_ids=batch.positions[:, None],
+                    use_cache=True,
+                    **{self._cache_name: batch.cache},
+                    **self._extra,
+                )
+        except Exception as err:  # a failed step fails the batch, not the server
+            self._batch = None
+            self._fail(batch.rows, err)
+            return
+        logits = out.logits[:, -1].float()
+        tokens = next_tokens(logits, batch.draws)
+        batch.positions += 1
+        batch.counts += 1
+        batch.last = tokens
+        self._emit(batch, logits, tokens)
+        if not len(batch):
+            self._batch = None
+
+    def _emit(self, batch: Batch, logits: Tensor, tokens: Tensor) -> None:
+        """Send the step's tokens to the event loop in one call and drop the rows that ended."""
+        ended = torch.isin(tokens, self._eos_ids)
+        state = torch.where(
+            ended, EOS, torch.where(batch.counts >= batch.limits, LENGTH, RUNNING)
+        ).to(tokens.dtype)
+        ids, states = torch.stack([tokens, state]).tolist()
+        scores = None
+        if batch.logprobs >= 0:
+            chosen, values, top = top_logprobs(logits, tokens, batch.logprobs)
+            scores = (chosen.tolist(), values.tolist(), top.tolist())
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_fan_out, tuple(batch.rows), ids, states, scores)
+        if any(states):
+            self._retire(batch, [s == RUNNING for s in states])
+
+    def _retire(self, batch: Batch, keep: list[bool]) -> None:
+        rows = [r for r, k in zip(batch.rows, keep, strict=True) if k]
+        index = torch.tensor(keep, device=batch.mask.device).nonzero().flatten()
+        batch.keep(index, rows, _draws(rows, self.loaded.device))
+
+    def _note_cancel(self) -> None:
+        self._cancelled = True
+
+    def _fail(self, rows: list[Row], err: Exception) -> None:
+        failure = ApiError(500, f"generation failed: {type(err).__name__}: {err}", "internal")
+        for row in rows:
+            self._send(row, "error", failure)
 
     def _send(self, row: Row, event: str, payload: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(row.deliver, event, payload)
+
+
+def _fan_out(
+    rows: tuple[Row, ...],
+    ids: list[int],
+    states: list[int],
+    scores: tuple[list, list, list] | None,
+) -> None:
+    """On the event loop: each live row takes its token (and log-probabilities, if it asked)."""
+    for i, row in enumerate(rows):
+        if row.cancelled:
+            continue
+        entry = None
+        if scores is not None and row.logprobs >= 0:
+            k = row.logprobs
+            entry = (ids[i], scores[0][i], scores[1][i][:k], scores[2][i][:k])
+        row.take(ids[i], states[i], entry)
+
+
+def _draw(row: Row, device: torch.device) -> tuple:
+    """(temperature, top_p, top_k, generator): a seeded sampled row gets its own generator."""
+    s = row.sampling
+    generator = None
+    if s.seed is not None and s.temperature > 0:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(hash((s.seed, row.index)) & (2**63 - 1))
+    return (s.temperature, s.top_p, s.top_k, generator)
+
+
+def _draws(rows: list[Row], device: torch.device) -> Draws:
+    return Draws.of([r._draw for r in rows], device)
 
 
 def _run_call(fn: Callable[[], Any], future: Future) -> None:

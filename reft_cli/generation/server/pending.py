@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from reft_cli.data.decoding import finished_text
 from reft_cli.generation.server.engine import Row, Sampling
 from reft_cli.generation.server.errors import ApiError
+from reft_cli.generation.server.logprobs import TokenLogprob, token_logprob
 
 
 @dataclass
@@ -28,7 +29,8 @@ class Choice:
     sent: int = 0
     finish: str | None = None
     count: int = 0  # completion tokens
-    ended: bool = False  # past its end-of-text token or its limit: later steps are padding
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    logprobs_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Delta:
     index: int
     text: str
     finish: str | None
+    logprobs: list[TokenLogprob] | None = None  # the tokens since the last delta, when asked
 
 
 class Pending:
@@ -51,10 +54,9 @@ class Pending:
         n: int,
         stop: list[str],
         stream: bool,
-        eos: set[int],
+        logprobs: int = -1,
     ) -> None:
         self.tokenizer = tokenizer
-        self.eos = eos
         self.stop = stop
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.prompt_tokens = sum(len(p) for p in prompts) * n
@@ -73,6 +75,8 @@ class Pending:
                         sampling,
                         lambda event, payload, i=index: self._deliver(i, event, payload),
                         feed=stream or bool(stop),
+                        logprobs=logprobs,
+                        index=index,
                     )
                 )
         self.open = len(self.rows)
@@ -84,6 +88,11 @@ class Pending:
     @property
     def started_at(self) -> float | None:
         times = [r.started_at for r in self.rows if r.started_at is not None]
+        return min(times) if times else None
+
+    @property
+    def first_token_at(self) -> float | None:
+        times = [r.first_at for r in self.rows if r.first_at is not None]
         return min(times) if times else None
 
     def cancel(self) -> None:
@@ -114,16 +123,17 @@ class Pending:
         if event == "error":
             self.events.put_nowait(payload)
         elif event == "tokens":
-            if choice.ended or payload in self.eos:
-                choice.ended = True
-                return
-            choice.tokens.append(payload)
+            token, entry = payload
+            choice.tokens.append(token)
             choice.count += 1
-            choice.ended = choice.count >= self.rows[index].max_tokens
+            if entry is not None:
+                choice.logprobs.append(token_logprob(self.tokenizer, entry))
             self._advance(index, choice, final=False)
         else:
-            tokens, reason = payload
+            tokens, reason, entries = payload
             choice.tokens, choice.count = tokens, len(tokens)
+            if len(entries) > len(choice.logprobs):  # not fed: they come at the end
+                choice.logprobs = [token_logprob(self.tokenizer, e) for e in entries]
             self._advance(index, choice, final=True, reason=reason)
 
     def _advance(self, index: int, choice: Choice, final: bool, reason: str = "stop") -> None:
@@ -147,7 +157,11 @@ class Pending:
             if final:
                 choice.finish = reason
             if delta or final:
-                self.events.put_nowait(Delta(index, delta, choice.finish))
+                scores = None
+                if self.rows[index].logprobs >= 0:
+                    scores = choice.logprobs[choice.logprobs_sent :]
+                    choice.logprobs_sent = len(choice.logprobs)
+                self.events.put_nowait(Delta(index, delta, choice.finish, scores))
 
     def _stop_at(self, text: str, sent: int) -> int | None:
         """Where the first stop string begins in `text`, looking only past what was sent."""

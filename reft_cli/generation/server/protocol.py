@@ -1,19 +1,20 @@
 """Request bodies of the OpenAI completions and chat APIs, checked and turned into token rows.
 
 Every refusal is a 400 naming the field, so a client sees what to change; fields this engine
-cannot honour (log-probabilities, penalties, tools, ...) are refused rather than ignored, and
-fields that change nothing (`user`, ...) are accepted.
+cannot honour (echo, penalties, tools, ...) are refused rather than ignored, and fields that
+change nothing (`user`, ...) are accepted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
 from reft_cli.generation.server.engine import Sampling
 from reft_cli.generation.server.errors import ApiError, bad_request
+from reft_cli.generation.server.logprobs import MAX_LOGPROBS
 
 MAX_N = 16
 MAX_STOP = 4
@@ -23,15 +24,12 @@ ROLES = ("system", "developer", "user", "assistant")
 # field: the values that mean "not used"; anything else is refused as unsupported.
 UNSUPPORTED_COMPLETIONS = {
     "echo": (False, None),
-    "logprobs": (None, 0),
     "suffix": (None, ""),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
 }
 UNSUPPORTED_CHAT = {
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
@@ -70,6 +68,7 @@ class Job:
     stop: list[str]
     stream: bool
     include_usage: bool
+    logprobs: int = -1  # top log-probabilities per token (-1: none)
 
 
 def parse_completion(body: dict[str, Any], ctx: Context) -> Job:
@@ -80,7 +79,22 @@ def parse_completion(body: dict[str, Any], ctx: Context) -> Job:
         raise bad_request("best_of other than n is not supported", "best_of", "unsupported")
     model, adapter = _model(body, ctx)
     prompts = [_encode_prompt(p, ctx) for p in _prompt_list(body.get("prompt"))]
-    return _job(body, ctx, model, adapter, prompts, default_max=16, param="prompt")
+    job = _job(body, ctx, model, adapter, prompts, default_max=16, param="prompt")
+    logprobs = body.get("logprobs")
+    if logprobs is None:
+        return job
+    return replace(job, logprobs=_int(body, "logprobs", 0, 0, MAX_LOGPROBS))
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int:
+    """`logprobs: true` asks for the chosen tokens', `top_logprobs: k` for the k likeliest too."""
+    wanted = body.get("logprobs")
+    if wanted not in (None, True, False):
+        raise bad_request("logprobs must be true or false", "logprobs")
+    top = _int(body, "top_logprobs", 0, 0, MAX_LOGPROBS)
+    if top and not wanted:
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+    return top if wanted else -1
 
 
 def parse_chat(body: dict[str, Any], ctx: Context) -> Job:
@@ -104,7 +118,8 @@ def parse_chat(body: dict[str, Any], ctx: Context) -> Job:
     ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
     if "max_completion_tokens" in body and body.get("max_tokens") is None:
         body = {**body, "max_tokens": body["max_completion_tokens"]}
-    return _job(body, ctx, model, adapter, [ids], default_max=None, param="messages")
+    job = _job(body, ctx, model, adapter, [ids], default_max=None, param="messages")
+    return replace(job, logprobs=_chat_logprobs(body))
 
 
 def _job(
