@@ -249,6 +249,9 @@ class TrainConfig:
     frozen_cache_disk_mb: int = option(0, NON_NEGATIVE)
     lm_head_on_targets: bool = option(True)
     group_by_length: bool = option(True)
+    # Rows of a micro-batch as one sequence without pad tokens (auto: where the first batch shows
+    # it matches padding; true: an error where it does not).
+    packing: bool | Literal["auto"] = option("auto")
     metric_for_best_model: str | None = option(None)
     greater_is_better: bool | None = option(None)
 

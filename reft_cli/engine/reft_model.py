@@ -157,12 +157,13 @@ class ReftModel(nn.Module):
         reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
         if reference is None:
             raise ReftError("forward needs input_ids or inputs_embeds")
-        if attention_mask is None:
-            attention_mask = torch.ones(
-                reference.shape[:2], dtype=torch.long, device=reference.device
-            )
+        # Without a mask the base model gets none either: with `position_ids` that restart at 0,
+        # transformers then reads the rows as packed sequences (training/packing.py).
+        plan_mask = attention_mask
+        if plan_mask is None:
+            plan_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         self._plan = self._make_plan(
-            attention_mask, prompt_lengths, intervention_positions, adapter_names
+            plan_mask, prompt_lengths, intervention_positions, adapter_names
         )
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 

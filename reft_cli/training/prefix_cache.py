@@ -10,7 +10,9 @@ from that layer up, and that layer's input over the rest of the row. They are ke
 (frozen_store.py). A step then runs only the blocks from the lowest intervened layer up, only over
 the rest of each row, attending to the cached prefix through the KV cache; the backward pass ends
 there too. The first batch is also run the plain way and compared; where a model's forward cannot
-be cut like this, caching steps back (first the layers, then the prefix) and says why.
+be cut like this, caching steps back (first packing, then the layers, then the prefix) and says
+why. With packing, the rows' suffixes run as one sequence and their prefixes as one KV cache, with a
+4D mask that lets each suffix see its own prefix and its own earlier tokens only.
 """
 
 from __future__ import annotations
@@ -37,12 +39,10 @@ from reft_cli.training.loss import (
     next_token_targets,
     takes_logits_to_keep,
 )
+from reft_cli.training.packing import Packer, exclusive_cumsum, flat, relative_error
 
-# The largest relative difference between the cached and the plain path's logits that the first
-# batch's check accepts: rounding in fp32 (measured ~1e-6), in half precision a few 1e-3; a
-# structural mismatch (wrong layers, masks or positions) is of order 1.
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
-HALF_TOLERANCE = 2e-2
+# The attention implementations that take a custom 4D mask, and the mask type each wants.
+_MASKED_ATTENTION = {"sdpa", "eager"}
 
 
 class _Reached(Exception):
@@ -62,6 +62,7 @@ class CacheState:
     prefix: bool  # the frozen prefix's keys and values are cached
     layers: bool  # the input to the lowest intervened layer is cached (it is above layer 0)
     reason: str  # why caching stepped back or a part is off; "" when nothing was turned off
+    packed: bool = False  # the rows run as one sequence without pad tokens
 
 
 class PrefixCache:
@@ -78,8 +79,12 @@ class PrefixCache:
         head_on_targets: bool = False,
         disk_bytes: int = 0,
         disk_dir: Path | None = None,
+        packer: Packer | None = None,
     ) -> None:
         self.model = model
+        self.packer = packer  # packs the plain path too, when caching steps back
+        attention = getattr(model.model.config, "_attn_implementation", None)
+        self.pack = packer is not None and attention in _MASKED_ATTENTION
         self.store = FrozenStore(budget_bytes, disk_bytes, disk_dir)
         self.cache_prefix = prefix
         path, self.blocks = find_block_stack(model.model)
@@ -110,6 +115,7 @@ class PrefixCache:
             prefix=self.active and self.cache_prefix,
             layers=self.active and self.start > 0,
             reason=self.note,
+            packed=self.active and self.pack,
         )
 
     @staticmethod
@@ -124,6 +130,8 @@ class PrefixCache:
         if self.active and not self.checked:
             self._check(batch)
         if not self.active:
+            if self.packer is not None:
+                return self.packer.forward(wrapped, batch)
             return forward(wrapped, batch, "causal_lm", self.head_on_targets)
         return self._forward(wrapped, batch)
 
@@ -161,13 +169,24 @@ class PrefixCache:
         positions = {
             group: torch.where(p.mask, p.index - prefix[:, None], -1) for group, p in found.items()
         }
+        if self.pack:  # each row's real suffix tokens, end to end
+            offsets = exclusive_cumsum(lengths - prefix)
+            positions = {
+                group: torch.where(index >= 0, index + offsets[:, None], -1).reshape(1, -1)
+                for group, index in positions.items()
+            }
+            ids, cols, targets = ids[valid][None], cols[valid][None], targets[valid][None]
+            mask = self._packed_mask(layout, ids.device)
+            past = self._packed_past(entries, self.start)
+            feed = torch.cat([e["hidden"] for e in entries])[None] if self.start else None
+        else:
+            past = self._past(entries, layout.width, self.start)
+            feed = _stack_hidden(entries) if self.start else None
         kwargs = {}
         if self.head_on_targets:
             keep = targets != IGNORE_INDEX
             kwargs["logits_to_keep"] = keep
             targets = targets[keep]
-        past = self._past(entries, layout.width, self.start)
-        feed = _stack_hidden(entries) if self.start else None
         with self._from_start(feed):
             out = wrapped(
                 ids,
@@ -307,6 +326,38 @@ class PrefixCache:
         layers = [(zeros, zeros)] * first + list(zip(keys.unbind(0), values.unbind(0), strict=True))
         return DynamicCache(layers, config=self.model.model.config)
 
+    def _packed_past(self, entries: list[dict[str, Tensor]], first: int) -> DynamicCache | None:
+        """The rows' prefix keys and values end to end, as one sequence of one row."""
+        keyed = [e for e in entries if "key" in e]
+        if not keyed:
+            return None
+        # (prefix tokens, layers, heads, head_dim) -> (layers, 1, heads, prefix tokens, head_dim)
+        keys, values = (
+            torch.cat([e[kind] for e in keyed]).permute(1, 2, 0, 3)[:, None]
+            for kind in ("key", "value")
+        )
+        zeros = keys[0].new_zeros(()).expand_as(keys[0])
+        layers = [(zeros, zeros)] * first + list(zip(keys.unbind(0), values.unbind(0), strict=True))
+        return DynamicCache(layers, config=self.model.model.config)
+
+    def _packed_mask(self, layout: _Layout, device: torch.device) -> Tensor:
+        """(1, 1, suffix tokens, prefix + suffix tokens): each row's suffix sees its own prefix and
+        its own earlier suffix tokens; boolean for sdpa, additive for eager attention."""
+        rows = torch.arange(len(layout.prefix), device=device)
+        query = rows.repeat_interleave(torch.tensor(layout.suffix, device=device))
+        prefix = rows.repeat_interleave(torch.tensor(layout.prefix, device=device))
+        n = query.shape[0]
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        allowed = torch.cat(
+            [query[:, None] == prefix[None], (query[:, None] == query[None]) & causal], dim=1
+        )[None, None]
+        if self.model.model.config._attn_implementation == "sdpa":
+            return allowed
+        dtype = next(self.model.model.parameters()).dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
     # ----------------------------------------------------------------------------- the check
     def _check(self, batch: dict[str, Tensor]) -> None:
         """Run the first batch both ways in eval mode; step back until they agree."""
@@ -314,7 +365,7 @@ class PrefixCache:
         self.model.eval()
         try:
             with torch.no_grad():
-                want = _flat(*forward(self.model, batch, "causal_lm", self.head_on_targets))
+                want = flat(*forward(self.model, batch, "causal_lm", self.head_on_targets))
                 while self.active:
                     error = self._error(batch, want[0])
                     if error is None:
@@ -326,20 +377,17 @@ class PrefixCache:
 
     def _error(self, batch: dict[str, Tensor], want: Tensor) -> str | None:
         try:
-            got, _ = _flat(*self._forward(self.model, batch))
+            got, _ = flat(*self._forward(self.model, batch))
         except Exception as exc:  # any model whose forward cannot be cut this way
             return f"{type(exc).__name__}: {exc}"
-        if got.shape != want.shape:
-            return f"shape {tuple(got.shape)} against {tuple(want.shape)}"
-        relative = (
-            (got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-12)
-        ).item()
-        if relative > TOLERANCE.get(want.dtype, HALF_TOLERANCE):
-            return f"relative error {relative:.2g}"
-        return None
+        return relative_error(got, want)
 
     def _step_back(self, reason: str) -> None:
-        """Stop caching the layers, or, if that is already off, stop caching at all."""
+        """Stop packing, else stop caching the layers, else stop caching at all."""
+        if self.pack:  # the states are the same padded or packed: keep them
+            self.pack = False
+            self.note = f"packing off in the cache: {reason}"
+            return
         self.store.clear()
         self.hits = self.misses = 0
         if self.start:
@@ -362,6 +410,7 @@ class PrefixCache:
             f"frozen-state cache ({' and '.join(kept) or 'nothing to keep'}): "
             f"{len(self.store)} examples, "
             f"{self.store.describe()}; {self.hits} rows read it, {self.misses} computed it"
+            + ("; rows packed" if self.pack else "")
         )
         return f"{line}; {self.note}" if self.note else line
 
@@ -410,14 +459,6 @@ def _stack_hidden(entries: list[dict[str, Tensor]]) -> Tensor:
 
 def _stop(_module: nn.Module, args: tuple, kwargs: dict) -> None:
     raise _Reached(args[0] if args else kwargs["hidden_states"])
-
-
-def _flat(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits and targets at the target positions only, one row per target."""
-    if logits.dim() == 2:
-        return logits, targets
-    keep = targets != IGNORE_INDEX
-    return logits[keep], targets[keep]
 
 
 def _dropout(base: nn.Module) -> str:

@@ -43,6 +43,7 @@ from reft_cli.training.guards import (
 )
 from reft_cli.training.loss import forward, loss_sum, takes_logits_to_keep
 from reft_cli.training.model_card import write_lora_card, write_model_card
+from reft_cli.training.packing import Packer
 from reft_cli.training.prefix_cache import PrefixCache
 from reft_cli.training.reporting import (
     RunSummary,
@@ -142,6 +143,7 @@ class Trainer:
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         cfg = self.cfg
         self.head_on_targets = cfg.lm_head_on_targets and takes_logits_to_keep(self.model.model)
+        self.packer = self._packer()
         # LoRA changes the computation at every position, so it leaves no prefix frozen.
         cache = run.method == "reft" and (cfg.cache_frozen_prefix or cfg.cache_frozen_layers)
         self.prefix_cache = (
@@ -153,6 +155,7 @@ class Trainer:
                 head_on_targets=self.head_on_targets,
                 disk_bytes=cfg.frozen_cache_disk_mb * 2**20,
                 disk_dir=self.output_dir,
+                packer=self.packer,
             )
             if cache and PrefixCache.applies(self.model, run.model.task_type)
             else None
@@ -311,6 +314,8 @@ class Trainer:
             with sync, acc.autocast():
                 if self.prefix_cache is not None:
                     outputs, targets = self.prefix_cache.forward(self.wrapped, batch)
+                elif self.packer is not None:
+                    outputs, targets = self.packer.forward(self.wrapped, batch)
                 else:
                     outputs, targets = forward(self.wrapped, batch, task_type, self.head_on_targets)
                 summed, _ = loss_sum(outputs, targets, task_type)
@@ -326,6 +331,21 @@ class Trainer:
             self.progress.step_in_epoch += 1
             self.step_rng = None  # the streams now stand at the next boundary
         return acc.reduce(total, "sum") / count
+
+    def _packer(self) -> Packer | None:
+        """Packing for train.packing=auto|true: ReFT on a causal LM only (a classifier reads each
+        row's own last token, LoRA's forward takes no intervention positions)."""
+        setting, run = self.cfg.packing, self.run
+        if setting is False:
+            return None
+        if run.method != "reft" or run.model.task_type != "causal_lm":
+            if setting is True:
+                raise ReftError(
+                    "train.packing=true packs ReFT training of causal LMs only; "
+                    f"this run is {run.method} {run.model.task_type}: set train.packing=auto"
+                )
+            return None
+        return Packer(self.model, self.head_on_targets, required=setting is True)
 
     def _checked_loss(self) -> float | None:
         """The latest step's loss, read from the device; stops the run if any loss so far was not
@@ -430,6 +450,8 @@ class Trainer:
             else None,
             best_metric=progress.best_metric,
         )
+        if self.packer is not None and self.packer.note and self.main:
+            self.console.print(self.packer.note)
         if self.prefix_cache is not None:
             if self.main:
                 self.console.print(self.prefix_cache.describe())

@@ -229,9 +229,11 @@ def test_the_loss_is_read_back_only_at_logging_steps(llama_dir, data_file, tmp_p
     assert sorted(logged(tmp_path / "run")) == [3, 6, 7] and summary.final_loss is not None
     # Inside a step only the frozen-state cache reads the host: once per micro-batch, its layout
     # (this adapter, at layer 0 from the first prompt token, leaves it nothing else to read), plus
-    # on the first step the check that runs the cached path once more and reads its error; never
-    # the loop or the loss.
-    assert set(reads) <= {"reft_cli.training.prefix_cache"} and len(reads) == 7 + 2
+    # on the first step the check that runs the cached path once more and reads its error (the
+    # comparison lives in packing.py, shared with the packed path's check); never the loop or the
+    # loss.
+    checks = {"reft_cli.training.prefix_cache", "reft_cli.training.packing"}
+    assert set(reads) <= checks and len(reads) == 7 + 2
 
 
 def test_ctrl_c_saves_a_checkpoint_to_resume_from(llama_dir, data_file, tmp_path, monkeypatch):
@@ -346,9 +348,9 @@ def test_frozen_prefix_cache_switch_gives_the_same_run(llama_dir, data_file, tmp
         loop.train()
         runs[switch] = (logged(out), weights(out))
         # Layer 0 is intervened, so only the prefix can be cached; with the switch on, it was
-        # cached all run long (no step back to the plain path).
+        # cached all run long (no step back to the plain path), with the rows packed (the default).
         assert loop.prefix_cache.state == CacheState(
-            on=True, prefix=switch, layers=False, reason=""
+            on=True, prefix=switch, layers=False, reason="", packed=True
         )
     for step, loss in runs[False][0].items():
         assert runs[True][0][step] == pytest.approx(loss, abs=1e-5)
@@ -356,7 +358,13 @@ def test_frozen_prefix_cache_switch_gives_the_same_run(llama_dir, data_file, tmp
         torch.testing.assert_close(runs[True][1][key], value, atol=1e-5, rtol=1e-5)
 
 
-SPEED_UPS = ("cache_frozen_prefix", "cache_frozen_layers", "lm_head_on_targets", "group_by_length")
+SPEED_UPS = (
+    "cache_frozen_prefix",
+    "cache_frozen_layers",
+    "lm_head_on_targets",
+    "group_by_length",
+    "packing",
+)
 
 
 def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, monkeypatch):
@@ -389,7 +397,7 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
         if switch:  # the cache ran from layer 1, not stepping back to the plain path
             assert loop.prefix_cache.active and loop.prefix_cache.start == 1
             assert loop.prefix_cache.state == CacheState(
-                on=True, prefix=True, layers=True, reason=""
+                on=True, prefix=True, layers=True, reason="", packed=True
             )
             assert loop.head_on_targets
     assert any(regrouped)
@@ -439,7 +447,9 @@ def test_a_cache_on_disk_gives_the_same_run_and_leaves_no_files(llama_dir, data_
         loop = Trainer(run, Console(file=log, width=300))
         loop.train()
         runs[budget] = (logged(out), weights(out), log.getvalue())
-        assert loop.prefix_cache.state == CacheState(on=True, prefix=True, layers=True, reason="")
+        assert loop.prefix_cache.state == CacheState(
+            on=True, prefix=True, layers=True, reason="", packed=True
+        )
     assert "16 on disk" in runs["disk"][2] and "16 in RAM" in runs["ram"][2]
     assert not list((tmp_path / "disk").glob(".frozen-cache-*"))
     assert runs["disk"][0] == runs["ram"][0]

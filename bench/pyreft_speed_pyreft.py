@@ -1,0 +1,72 @@
+"""pyreft's side of bench/pyreft_speed.py, run with pyreft's python (pyreft 0.1.0, transformers
+4.45.1): loads reft's exported initial adapter with pyreft.ReftModel.load and trains it the way
+pyreft's ReftTrainer.compute_loss does, on the spec's token ids and positions.
+
+    /tmp/pyreft-venv/bin/python bench/pyreft_speed_pyreft.py SHAPE_FOLDER
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pyreft
+import torch
+from check_pyreft import reload_fp32
+from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
+
+
+def main() -> None:
+    folder = Path(sys.argv[1])
+    spec = json.loads((folder / "spec.json").read_text())
+    # transformers 5 saves rope_theta inside rope_parameters, which 4.45 does not read (it would
+    # silently use its default, 10,000, where SmolLM2 has 100,000).
+    config = AutoConfig.from_pretrained(spec["model"])
+    rope = getattr(config, "rope_parameters", None)
+    if rope and "rope_theta" in rope:
+        config.rope_theta = rope["rope_theta"]
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["model"], config=config, torch_dtype=torch.float32
+    )
+    reft_model = pyreft.ReftModel.load(str(folder / "init-pyreft"), model)
+    reft_model.set_device("cpu")
+    reload_fp32(reft_model, folder / "init-pyreft")  # its loader builds W, b in bfloat16
+    reft_model.disable_model_gradients()  # as pyreft.get_reft_model leaves the base model
+    reft_model.train()
+    params = [p for i in reft_model.interventions.values() for p in i.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=spec["learning_rate"], weight_decay=0.0)
+    scheduler = get_scheduler("linear", optimizer, 0, spec["steps"])
+    examples = spec["examples"]
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), spec["pad_id"])
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, e in enumerate(examples):
+        n, p = len(e["input_ids"]), e["prompt_length"]
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        mask[i, :n] = 1
+        labels[i, p:n] = ids[i, p:n]
+    seconds, losses = [], []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        _, out = reft_model(
+            {"input_ids": ids, "attention_mask": mask},
+            unit_locations={"sources->base": (None, spec["locations"])},
+            labels=labels,
+        )
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - start)
+        losses.append(out.loss.item())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "losses": losses, "peak_rss_mb": peak, "note": ""}))
+
+
+if __name__ == "__main__":
+    main()
