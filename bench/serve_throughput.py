@@ -1,11 +1,16 @@
-"""Serving throughput: the same request mix through `reft serve`'s engine for the base model alone,
-every row on one adapter, and rows spread over four adapters, measured in one run.
+"""Serving throughput: one request mix through `reft serve`'s engine for the base model alone, every
+row on one adapter, and rows spread over 4 and 16 adapters, then the same mix over 16 PEFT LoRA
+adapters of about the same parameter count in PEFT's mixed-adapter generate; measured in one run.
 
 All requests are submitted at once to an in-process engine (the worker thread `reft serve` runs,
-without HTTP), so batches fill to --max-batch-size; greedy decoding, end-of-text ignored so every
-row generates exactly --max-tokens. Completion tokens per second
-are printed with ratios against the base model. Adapters are random (their weights do not matter
-for speed), saved to a temporary folder and loaded through the one loader.
+without HTTP): the engine admits rows between decode steps up to --max-batch-size (continuous
+batching). PEFT has no server, so its rows run as static batches of --max-batch-size through
+`generate(adapter_names=...)`; the base model through the same static batches is printed as its
+reference. Greedy decoding, end-of-text ignored so every row generates exactly --max-tokens.
+Printed: completion tokens per second and the ratio to the engine's base model, p50/p95 time to
+first token (from submission), and the batch sizes the engine's decode steps ran at. Adapters are
+random (their weights do not matter for speed), saved to a temporary folder and loaded through the
+one loader.
 
     python bench/serve_throughput.py [--model smollm2-135m-instruct] [--requests 64] [--max-tokens 32]
 """
@@ -19,10 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from reft_cli import ReftConfig, get_reft_model
-from reft_cli.engine.base_models import load_model
-from reft_cli.engine.loading import Placement, load_adapters
+from reft_cli.data.examples import left_padded
+from reft_cli.engine.base_models import load_model, load_tokenizer
+from reft_cli.engine.loading import Placement, load_adapters, resolve_device
 from reft_cli.generation.server.engine import Engine, Sampling
 from reft_cli.generation.server.pending import Pending
 
@@ -34,13 +41,15 @@ PROMPTS = [
     "Why is the sky blue?",
     "Give me a recipe for pancakes.",
 ]
+ADAPTERS = 16
 
 
-def make_adapters(model: str, folder: Path, count: int, layers: list[int], positions: str) -> dict:
+def make_adapters(model: str, folder: Path, layers: list[int], positions: str) -> tuple[dict, int]:
+    """Random ReFT adapters a0..a15, and one adapter's parameter count."""
     base = load_model(model)
     num_layers = base.config.num_hidden_layers
-    found = {}
-    for i in range(count):
+    found, size = {}, 0
+    for i in range(ADAPTERS):
         config = ReftConfig.for_layers(
             layers, num_layers, rank=4, positions=positions, base_model=model
         )
@@ -49,40 +58,51 @@ def make_adapters(model: str, folder: Path, count: int, layers: list[int], posit
         with torch.no_grad():
             for p in reft.interventions.parameters():
                 p.normal_(std=0.02)
+        size = sum(p.numel() for p in reft.interventions.parameters())
         reft.save_pretrained(folder / f"a{i}")
         reft.unload()
         found[f"a{i}"] = folder / f"a{i}"
-    return found
+    return found, size
 
 
-async def run_mix(engine: Engine, names: list[str], requests: int, max_tokens: int) -> float:
-    """Completion tokens per second for `requests` prompts, request i on names[i % len]."""
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run_mix(engine: Engine, names: list[str], requests: int, max_tokens: int) -> dict:
+    """`requests` prompts, request i on names[i % len]: tokens/s, first-token times, batch sizes."""
     tokenizer = engine.loaded.tokenizer
-    pendings = []
-    for i in range(requests):
-        ids = tokenizer(PROMPTS[i % len(PROMPTS)])["input_ids"]
-        pendings.append(
-            Pending(
-                tokenizer,
-                [ids],
-                names[i % len(names)],
-                [max_tokens],
-                Sampling(0.0),
-                1,
-                [],
-                False,
-                engine.eos,
-            )
+    pendings = [
+        Pending(
+            tokenizer,
+            [tokenizer(PROMPTS[i % len(PROMPTS)])["input_ids"]],
+            names[i % len(names)],
+            [max_tokens],
+            Sampling(0.0),
+            1,
+            [],
+            False,
         )
+        for i in range(requests)
+    ]
+    engine.batch_sizes.clear()
     start = time.perf_counter()
+    submitted = time.monotonic()
     for pending in pendings:
         engine.submit(pending.rows)
     await asyncio.gather(*(p.result() for p in pendings))
     elapsed = time.perf_counter() - start
-    return sum(p.completion_tokens for p in pendings) / elapsed
+    steps = engine.batch_sizes
+    return {
+        "rate": sum(p.completion_tokens for p in pendings) / elapsed,
+        "ttft": [p.first_token_at - submitted for p in pendings],
+        "batch": (sum(k * v for k, v in steps.items()) / sum(steps.values()), max(steps)),
+    }
 
 
-async def measure(args: argparse.Namespace, adapters: dict) -> dict[str, float]:
+async def measure(args: argparse.Namespace, adapters: dict, peft_runs: dict | None) -> dict:
+    """Every mix `--repeats` times, interleaved, so drift on a shared machine hits all alike."""
     loaded = load_adapters(adapters, placement=Placement(device=args.device))
     # Every row generates exactly max_tokens: an end-of-text token would end some rows early and
     # make the mixes' token counts differ for reasons that are not speed.
@@ -90,18 +110,95 @@ async def measure(args: argparse.Namespace, adapters: dict) -> dict[str, float]:
     engine = Engine(loaded, args.max_batch_size, max_queue=args.requests * 4)
     engine.eos = set()
     engine.start(asyncio.get_running_loop())
-    mixes = {
-        "base model": ["base"],
-        "one adapter": ["a0"],
-        "four adapters": ["a0", "a1", "a2", "a3"],
-    }
+    names = [f"a{i}" for i in range(ADAPTERS)]
+    mixes = {"base model": ["base"], "one adapter": names[:1], "4 adapters": names[:4]}
+    mixes["16 adapters"] = names
     await run_mix(engine, ["base"], args.max_batch_size, 4)  # warm-up
-    results: dict[str, list[float]] = {name: [] for name in mixes}
-    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits all alike
-        for name, names in mixes.items():
-            results[name].append(await run_mix(engine, names, args.requests, args.max_tokens))
+    results: dict[str, list[dict]] = {name: [] for name in [*mixes, *(peft_runs or {})]}
+    for _ in range(args.repeats):
+        for name, mix in mixes.items():
+            results[name].append(await run_mix(engine, mix, args.requests, args.max_tokens))
+        for name, run in (peft_runs or {}).items():
+            results[name].append(run())
     engine.close()
-    return {name: max(values) for name, values in results.items()}
+    return results
+
+
+class FirstToken(BaseStreamer):
+    """The time of a generate call's first new token (its second `put`; the first is the prompt)."""
+
+    def __init__(self) -> None:
+        self.calls, self.at = 0, 0.0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.at = time.monotonic()
+
+    def end(self) -> None:
+        pass
+
+
+def peft_runs(args: argparse.Namespace, layers: list[int], reft_size: int) -> dict:
+    """16 LoRA adapters (q_proj, v_proj on the ReFT layers, rank matched to the ReFT adapter's
+    parameter count) in static mixed-adapter batches, and the base model in the same batches:
+    one call each per run."""
+    from peft import LoraConfig, get_peft_model
+
+    device = resolve_device(args.device)
+    base = load_model(args.model).to(device).eval()
+    tokenizer = load_tokenizer(args.model)
+    attention = base.model.layers[0].self_attn
+    per_rank = len(layers) * sum(
+        m.in_features + m.out_features for m in (attention.q_proj, attention.v_proj)
+    )
+    rank = max(1, round(reft_size / per_rank))
+    config = LoraConfig(
+        r=rank, target_modules=["q_proj", "v_proj"], layers_to_transform=layers, lora_dropout=0.0
+    )
+    model = get_peft_model(base, config, adapter_name="l0").eval()
+    for i in range(1, ADAPTERS):
+        model.add_adapter(f"l{i}", config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.02)
+    lora_size = sum(p.numel() for n, p in model.named_parameters() if ".l0." in n)
+    base.generation_config.eos_token_id = None
+    print(f"LoRA rank {rank}: {lora_size:,} parameters per adapter (ReFT: {reft_size:,})")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = [tokenizer(PROMPTS[i % len(PROMPTS)])["input_ids"] for i in range(args.requests)]
+    names = [f"l{i % ADAPTERS}" for i in range(args.requests)]
+    size = args.max_batch_size
+
+    def run(adapter_names: list[str] | None) -> dict:
+        submitted, ttft, tokens = time.monotonic(), [], 0
+        start = time.perf_counter()
+        for at in range(0, len(rows), size):
+            batch = left_padded(rows[at : at + size], pad)
+            first = FirstToken()
+            kwargs = {"adapter_names": adapter_names[at : at + size]} if adapter_names else {}
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    max_new_tokens=args.max_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    streamer=first,
+                    **kwargs,
+                )
+            tokens += (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
+            ttft += [first.at - submitted] * out.shape[0]
+        rate = tokens / (time.perf_counter() - start)
+        return {"rate": rate, "ttft": ttft, "batch": (size, size)}
+
+    def base_run() -> dict:
+        with model.disable_adapter():
+            return run(None)
+
+    base_run()  # warm-up
+    return {"PEFT 16 LoRA": lambda: run(names), "static base model": base_run}
 
 
 def main() -> None:
@@ -114,17 +211,27 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-peft", action="store_true", help="skip the PEFT LoRA comparison")
     args = parser.parse_args()
+    layers = [int(x) for x in args.layers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        layers = [int(x) for x in args.layers.split(",")]
-        adapters = make_adapters(args.model, Path(tmp), 4, layers, args.positions)
-        results = asyncio.run(measure(args, adapters))
-    base = results["base model"]
+        adapters, reft_size = make_adapters(args.model, Path(tmp), layers, args.positions)
+        peft = None if args.no_peft else peft_runs(args, layers, reft_size)
+        results = asyncio.run(measure(args, adapters, peft))
     print(
-        f"{args.model}: {args.requests} requests, {args.max_tokens} new tokens, batch {args.max_batch_size}"
+        f"{args.model} on {resolve_device(args.device)}: {args.requests} requests at once, "
+        f"{args.max_tokens} new tokens each, batch {args.max_batch_size}, best of {args.repeats}"
     )
-    for name, rate in results.items():
-        print(f"  {name:14s} {rate:8.1f} tokens/s  {rate / base:5.2f}x the base model")
+    best = {name: max(runs, key=lambda r: r["rate"]) for name, runs in results.items()}
+    reference = best["base model"]["rate"]
+    print(f"  {'':18s} {'tokens/s':>9s} {'ratio':>6s} {'TTFT p50':>9s} {'p95':>7s}  batch mean/max")
+    for name, run in best.items():
+        p50, p95 = percentile(run["ttft"], 0.5), percentile(run["ttft"], 0.95)
+        mean, most = run["batch"]
+        print(
+            f"  {name:18s} {run['rate']:9.1f} {run['rate'] / reference:5.2f}x "
+            f"{p50:8.2f}s {p95:6.2f}s  {mean:.1f}/{most}"
+        )
 
 
 if __name__ == "__main__":

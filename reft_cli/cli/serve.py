@@ -33,7 +33,9 @@ def serve(
     adapter_root: Path | None = typer.Option(
         None, "--adapter-root", help="The only folder runtime loading may read adapters from."
     ),
-    max_batch_size: int = typer.Option(8, "--max-batch-size", help="Rows per generate call."),
+    max_batch_size: int = typer.Option(
+        8, "--max-batch-size", help="Rows decoding together (new requests join between steps)."
+    ),
     max_queue: int = typer.Option(256, "--max-queue", help="Rows waiting before 503s."),
     max_model_len: int | None = typer.Option(
         None, "--max-model-len", help="Prompt + completion tokens (default: the model's context)."

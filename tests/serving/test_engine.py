@@ -95,7 +95,7 @@ def test_a_request_joins_a_long_one_midway_and_finishes_first_with_its_own_answe
 
 def test_mixed_adapters_and_lengths_in_one_batch_equal_generate_row_by_row(loaded):
     cases = [
-        (p, a, 3 + i)
+        (p, a, 1 + i)
         for i, (p, a) in enumerate(zip(PROMPTS, ["emoji", "math", "base"] * 2, strict=True))
     ]
 

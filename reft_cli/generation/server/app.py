@@ -76,7 +76,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "waiting": engine.waiting}
+        return {"status": "ok", "waiting": engine.waiting, "running": engine.running}
 
     @app.get("/v1/models", dependencies=guarded)
     async def list_models() -> dict[str, Any]:
