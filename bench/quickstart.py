@@ -23,7 +23,13 @@ from pathlib import Path
 
 CONFIG = Path(__file__).parents[1] / "configs" / "emoji.yaml"
 QUESTIONS = ["What is the capital of France?", "Write a poem about the sea.", "What's your name?"]
-SPEED_UPS = ("cache_frozen_prefix", "cache_frozen_layers", "lm_head_on_targets", "group_by_length")
+SPEED_UPS = (
+    "cache_frozen_prefix",
+    "cache_frozen_layers",
+    "lm_head_on_targets",
+    "group_by_length",
+    "packing",
+)
 
 
 def end_to_end(out: Path, epochs: int, optimized: bool, threads: int | None) -> dict:

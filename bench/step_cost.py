@@ -12,6 +12,7 @@ on the machine only ever slows a round down); no wall-clock assertions.
     python bench/step_cost.py                 # both shapes on the embedded SmolLM2
     python bench/step_cost.py --repeats 10 --model smollm2-135m-instruct
     python bench/step_cost.py --threads 1 --cpu-time   # steadier on a busy machine
+    python bench/step_cost.py --shape mixed            # padded against packed rows only
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def batch(lengths: list[int], response: int | None, vocab: int) -> dict[str, tor
     }
 
 
-def floor_step(model, lowest: int, data) -> None:
-    """Base forward + backward down to the lowest intervened layer's input."""
+def floor_step(model, lowest: int, data, reft) -> None:
+    """Base forward + backward down to the lowest intervened layer's input, with `reft`'s
+    hooks disarmed (they keep the last forward's plan, for a checkpointed backward)."""
     blocks = model.model.layers
 
     def needs_grad(_module, args, kwargs):
@@ -75,7 +77,8 @@ def floor_step(model, lowest: int, data) -> None:
 
     handle = blocks[lowest].register_forward_pre_hook(needs_grad, with_kwargs=True)
     try:
-        model(data["input_ids"], data["attention_mask"], labels=data["labels"]).loss.backward()
+        with reft.disable_adapter():
+            model(data["input_ids"], data["attention_mask"], labels=data["labels"]).loss.backward()
     finally:
         handle.remove()
 
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch threads [torch's default]")
     parser.add_argument("--cpu-time", action="store_true", help="time CPU seconds, not wall")
+    parser.add_argument("--shape", default="", help="only the shapes whose name has this text")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,6 +100,8 @@ def main() -> None:
         f"{args.repeats}, {'CPU' if args.cpu_time else 'wall'} seconds"
     )
     for name, (layers, rank, positions, tied, lengths, response) in SHAPES.items():
+        if args.shape not in name:
+            continue
         base = load_model(args.model).requires_grad_(False)  # frozen, as under ReFT
         config = ReftConfig.for_layers(
             layers,
@@ -125,7 +131,9 @@ def main() -> None:
             optimizer.step()
 
         kinds = {
-            "floor": lambda base=base, lowest=lowest, data=data: floor_step(base, lowest, data),
+            "floor": lambda base=base, lowest=lowest, data=data, model=model: floor_step(
+                base, lowest, data, model
+            ),
             "plain": lambda model=model, data=data: step(lambda: forward(model, data)),
             "optimized": lambda model=model, data=data, cache=cache: step(
                 lambda: cache.forward(model, data)
