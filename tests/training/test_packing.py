@@ -8,10 +8,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from reft_cli import ReftConfig, get_reft_model
 from reft_cli.engine.positions import Positions
 from reft_cli.errors import ReftError
-from reft_cli.training.loss import forward, loss_sum
+from reft_cli.training.loss import forward
 from reft_cli.training.packing import Packer, packed_forward, packed_index
 from reft_cli.training.prefix_cache import PrefixCache
 from tests.conftest import TINY_CONFIGS, VOCAB
+from tests.training.test_prefix_cache import loss_and_grads
 
 # Very different lengths: a row of 41 tokens next to rows of 4 to 9, as a long answer among short.
 LENGTHS, PROMPTS = (6, 41, 4, 9, 13), (4, 9, 2, 8, 3)
@@ -56,14 +57,6 @@ def reft(positions="f2+l2", share_weights=False, layers=(1, 2), attention="sdpa"
         for p in model.interventions.parameters():
             p.normal_(std=0.3)
     return model.train()
-
-
-def loss_and_grads(model, outputs, targets):
-    total, count = loss_sum(outputs, targets, "causal_lm")
-    model.zero_grad()
-    (total / count).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return (total / count).item(), grads
 
 
 def assert_equal_to_padded(model, data, run, head_on_targets):
