@@ -10,7 +10,9 @@ peak resident memory is its own), the two alternate, round after round. A step i
 step as the Trainer runs it (frozen-state cache, packing, lm head on targets) and pyreft's as its
 ReftTrainer.compute_loss runs it. Every step after the first trains the same rows again, as later
 epochs do (the quick start's ten examples are one batch); the first step, which fills reft's cache,
-is printed apart.
+is printed apart. Each side also counts the FLOPs of one more step (bench/flops.py): their ratio is
+how much less arithmetic reft does, the speed-up it can give without doing the same arithmetic
+faster.
 
 Shapes: (a) pyreft's quick start: the ten emoji examples under the model's chat template with its
 default system prompt, one rank-4 LoReFT at layer 15 on the last prompt token, batch 10, lr 4e-3;
@@ -19,6 +21,7 @@ reft_cli/resources/commonsense_mini.jsonl, lr 9e-4.
 
     bash scripts/check_pyreft.sh               # makes /tmp/pyreft-venv on first use
     python bench/pyreft_speed.py --pyreft-python /tmp/pyreft-venv/bin/python [--rounds 1]
+    python bench/pyreft_speed.py --threads 1 --cpu-time    # steadier on a busy machine
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def batch_of(examples: list[dict], pad_id: int):
     }
 
 
-def prepare(work: Path, shape: str) -> Path:
+def prepare(work: Path, shape: str, threads: int | None, cpu_time: bool) -> Path:
     """The shape's folder: data, positions, reft's initial adapter and its pyreft export."""
     import torch
 
@@ -147,6 +150,8 @@ def prepare(work: Path, shape: str) -> Path:
         "locations": [found["all"].index.tolist()] * len(config.interventions),
         "learning_rate": lr,
         "steps": steps,
+        "threads": threads,
+        "cpu_time": cpu_time,
     }
     (folder / "spec.json").write_text(json.dumps(spec))
     return folder
@@ -156,6 +161,7 @@ def prepare(work: Path, shape: str) -> Path:
 def train_reft(folder: Path) -> dict:
     """reft's Trainer step (trainer.py's _step, one micro-batch) on the spec's batch."""
     import torch
+    from flops import step_flops
     from transformers import get_scheduler
 
     from reft_cli.engine.base_models import load_model
@@ -165,6 +171,9 @@ def train_reft(folder: Path) -> dict:
     from reft_cli.training.prefix_cache import PrefixCache
 
     spec = json.loads((folder / "spec.json").read_text())
+    clock = time.process_time if spec["cpu_time"] else time.perf_counter
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
     model = ReftModel.from_pretrained(folder / "init", load_model(spec["model"])).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["learning_rate"], weight_decay=0.0)
@@ -172,9 +181,8 @@ def train_reft(folder: Path) -> dict:
     packer = Packer(model, head_on_targets=True, required=False)
     cache = PrefixCache(model, 2**31, head_on_targets=True, packer=packer)
     data = batch_of(spec["examples"], spec["pad_id"])
-    seconds, losses = [], []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
+
+    def step() -> float:
         total, count = loss_sum(*cache.forward(model, data), "causal_lm")
         loss = total / count
         loss.backward()
@@ -182,9 +190,16 @@ def train_reft(folder: Path) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - start)
+        return loss
+
+    seconds, losses = [], []
+    for _ in range(spec["steps"]):
+        start = clock()
+        loss = step()
+        seconds.append(clock() - start)
         losses.append(loss.item())
-    return {"seconds": seconds, "losses": losses, "note": cache.describe()}
+    flops = step_flops(step)  # one more step, after the timed ones, so it changes none of them
+    return {"seconds": seconds, "losses": losses, "flops": flops, "note": cache.describe()}
 
 
 # ------------------------------------------------------------------------------- the driver
@@ -207,6 +222,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreft-python", default="/tmp/pyreft-venv/bin/python")
     parser.add_argument("--rounds", type=int, default=1, help="alternations per shape [1]")
+    parser.add_argument("--threads", type=int, help="torch threads on both sides [torch's default]")
+    parser.add_argument("--cpu-time", action="store_true", help="time CPU seconds, not wall")
     parser.add_argument("--work", type=Path, help="a folder to keep the files in [a temporary one]")
     parser.add_argument("--side", choices=["reft"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,7 +236,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         lines = []
         for shape in SHAPES:
-            folder = prepare(work, shape)
+            folder = prepare(work, shape, args.threads, args.cpu_time)
             results: dict[str, list[dict]] = {"reft": [], "pyreft": []}
             for round_ in range(args.rounds):  # alternate which side goes first
                 for side in ("reft", "pyreft") if round_ % 2 == 0 else ("pyreft", "reft"):
@@ -235,21 +252,23 @@ def main() -> None:
                     + " ".join(f"{x:.4f}" for x in r["losses"])
                 )
             print(f"  reft: {reft['note']}")
+            speedup, work_ratio = steady(pyreft) / steady(reft), pyreft["flops"] / reft["flops"]
             print(
-                f"  ratio pyreft/reft s/step: {steady(pyreft) / steady(reft):.2f}x; "
-                f"first-step losses differ by {first:.1e} ({'agree' if first < 1e-4 else 'DIFFER'})"
+                f"  ratio pyreft/reft s/step: {speedup:.2f}x; FLOPs per step pyreft/reft: "
+                f"{work_ratio:.2f}x ({pyreft['flops'] / 1e9:.0f} / {reft['flops'] / 1e9:.0f} "
+                f"GFLOP); first-step losses differ by {first:.1e} "
+                f"({'agree' if first < 1e-4 else 'DIFFER'})"
             )
             lines.append(
-                f"| {shape} | {steady(reft):.3f} | {steady(pyreft):.3f} | "
-                f"{steady(pyreft) / steady(reft):.1f}x | {reft['losses'][0]:.5f} / "
-                f"{pyreft['losses'][0]:.5f} | {reft['peak_rss_mb']:.0f} / "
-                f"{pyreft['peak_rss_mb']:.0f} |"
+                f"| {shape} | {steady(reft):.3f} | {steady(pyreft):.3f} | {speedup:.1f}x | "
+                f"{work_ratio:.1f}x | {reft['losses'][0]:.5f} / {pyreft['losses'][0]:.5f} | "
+                f"{reft['peak_rss_mb']:.0f} / {pyreft['peak_rss_mb']:.0f} |"
             )
         print(
-            "\n| shape | reft s/step | pyreft s/step | speed-up | first loss reft / pyreft "
-            "| peak RSS MiB reft / pyreft |"
+            "\n| shape | reft s/step | pyreft s/step | speed-up | FLOP ratio | first loss reft / "
+            "pyreft | peak RSS MiB reft / pyreft |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         print("\n".join(lines))
 
 

@@ -16,12 +16,16 @@ from pathlib import Path
 import pyreft
 import torch
 from check_pyreft import reload_fp32
+from flops import step_flops
 from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
 
 
 def main() -> None:
     folder = Path(sys.argv[1])
     spec = json.loads((folder / "spec.json").read_text())
+    clock = time.process_time if spec["cpu_time"] else time.perf_counter
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
     # transformers 5 saves rope_theta inside rope_parameters, which 4.45 does not read (it would
     # silently use its default, 10,000, where SmolLM2 has 100,000).
     config = AutoConfig.from_pretrained(spec["model"])
@@ -49,9 +53,8 @@ def main() -> None:
         ids[i, :n] = torch.tensor(e["input_ids"])
         mask[i, :n] = 1
         labels[i, p:n] = ids[i, p:n]
-    seconds, losses = [], []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
+
+    def step() -> torch.Tensor:
         _, out = reft_model(
             {"input_ids": ids, "attention_mask": mask},
             unit_locations={"sources->base": (None, spec["locations"])},
@@ -62,10 +65,21 @@ def main() -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - start)
-        losses.append(out.loss.item())
+        return out.loss
+
+    seconds, losses = [], []
+    for _ in range(spec["steps"]):
+        start = clock()
+        loss = step()
+        seconds.append(clock() - start)
+        losses.append(loss.item())
+    flops = step_flops(step)  # one more step, after the timed ones, so it changes none of them
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "losses": losses, "peak_rss_mb": peak, "note": ""}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "losses": losses, "peak_rss_mb": peak, "flops": flops, "note": ""}
+        )
+    )
 
 
 if __name__ == "__main__":

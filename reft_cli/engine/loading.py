@@ -157,15 +157,21 @@ class LoadedModel:
                 return self.model.generate(input_ids, attention_mask, **kwargs)
         return self.model.generate(input_ids, attention_mask, **kwargs)
 
-    def logits(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Classification or LM logits of a right-padded batch with `prompt_lengths`."""
+    def logits(self, batch: Mapping[str, Tensor], **kwargs: Any) -> Tensor:
+        """Classification or LM logits of a right-padded batch with `prompt_lengths`; `kwargs` go
+        to the base model's forward (`logits_to_keep`, to run the head on some positions only)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         if self.has_adapter:
             out = self.model(
-                batch["input_ids"], batch["attention_mask"], prompt_lengths=batch["prompt_lengths"]
+                batch["input_ids"],
+                batch["attention_mask"],
+                prompt_lengths=batch["prompt_lengths"],
+                **kwargs,
             )
         else:
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs
+            )
         return out.logits
 
 

@@ -8,7 +8,8 @@ multiple-choice set is this, not the exact-match score of its free generations.
 
 One forward pass per (item, option), in length-sorted, right-padded batches. With an adapter the
 context is the prompt: its length is `prompt_lengths`, so interventions edit the context's
-positions and never the option's.
+positions and never the option's. The head runs only on the positions that predict a
+continuation token where the model can (`logits_to_keep`): most positions are context.
 
     requests, cut = encode_requests(tokenizer, items, max_length=512)
     logliks = continuation_logliks(subject, requests, batch_size=16)
@@ -24,15 +25,17 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from reft_cli.data.examples import Example, collate
+from reft_cli.data.examples import IGNORE_INDEX, Example, collate
 from reft_cli.data.mc_format import split_option
 from reft_cli.engine.loading import LoadedModel
 from reft_cli.errors import ReftError
 from reft_cli.evaluation.predict import length_sorted_batches
+from reft_cli.training.loss import next_token_targets, takes_logits_to_keep
 
 __all__ = ["Request", "choose", "continuation_logliks", "encode_requests"]
 
 OPTION_KEYS = ("choices", "gold_index", "contexts", "continuations")
+_CHUNK = 512  # positions per log-softmax in float64: bounds its memory to 512 x vocab
 
 
 @dataclass(frozen=True)
@@ -80,19 +83,38 @@ def continuation_logliks(
     if subject.tokenizer.pad_token_id is None:
         raise ReftError("the tokenizer has no pad token; set one (for example its eos token)")
     full = [r.context + r.continuation for r in requests]
+    on_targets = takes_logits_to_keep(subject.base_model)
     out = [0.0] * len(requests)
     for rows in length_sorted_batches([len(ids) for ids in full], batch_size):
-        examples = [Example(i, full[i], len(requests[i].context)) for i in rows]
+        examples = [
+            Example(i, full[i], len(requests[i].context), labels=_labels(requests[i])) for i in rows
+        ]
         batch = collate(examples, subject.tokenizer.pad_token_id)
-        logits = subject.logits(batch)
-        for row, i in enumerate(rows):
-            start, targets = len(requests[i].context), requests[i].continuation
-            # The logits at position t predict token t + 1.
-            scores = logits[row, start - 1 : start - 1 + len(targets)].double().log_softmax(-1)
-            index = torch.tensor(targets, device=scores.device)[:, None]
-            out[i] = scores.gather(-1, index).sum().item()
+        targets = next_token_targets(batch.pop("labels")).to(subject.device)
+        keep = targets != IGNORE_INDEX  # the logits at position t predict token t + 1
+        if on_targets:
+            logits = subject.logits(batch, logits_to_keep=keep)
+        else:
+            logits = subject.logits(batch)[keep]
+        picked = torch.cat(
+            [
+                part.double().log_softmax(-1).gather(-1, wanted[:, None])[:, 0]
+                for part, wanted in zip(
+                    logits.split(_CHUNK), targets[keep].split(_CHUNK), strict=True
+                )
+            ]
+        )
+        sums = torch.zeros(len(rows), dtype=torch.float64, device=picked.device)
+        sums.index_add_(0, keep.nonzero()[:, 0], picked)
+        for i, value in zip(rows, sums.tolist(), strict=True):
+            out[i] = value
         advance(len(rows))
     return out
+
+
+def _labels(request: Request) -> list[int]:
+    """Training-style labels: ignored over the context, the continuation's ids after it."""
+    return [IGNORE_INDEX] * len(request.context) + request.continuation
 
 
 def choose(
