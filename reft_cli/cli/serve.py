@@ -37,6 +37,11 @@ def serve(
         8, "--max-batch-size", help="Rows decoding together (new requests join between steps)."
     ),
     max_queue: int = typer.Option(256, "--max-queue", help="Rows waiting before 503s."),
+    max_prefill_tokens: int = typer.Option(
+        8192,
+        "--max-prefill-tokens",
+        help="Padded prompt tokens one prefill may run (bounds the pause of rows decoding).",
+    ),
     max_model_len: int | None = typer.Option(
         None, "--max-model-len", help="Prompt + completion tokens (default: the model's context)."
     ),
@@ -71,6 +76,7 @@ def serve(
         adapter_root=adapter_root,
         max_batch_size=max_batch_size,
         max_queue=max_queue,
+        max_prefill_tokens=max_prefill_tokens,
         max_model_len=max_model_len,
         max_new_tokens=max_new_tokens,
     )

@@ -44,11 +44,11 @@ def pending(loaded, prompt, adapter, max_tokens, sampling=GREEDY, n=1, stream=Fa
     )
 
 
-def serve(loaded, body, max_batch_size: int = 8):
+def serve(loaded, body, max_batch_size: int = 8, **options):
     """Run `body(engine)` on an event loop with a started engine, then close it."""
 
     async def main():
-        engine = Engine(loaded, max_batch_size)
+        engine = Engine(loaded, max_batch_size, **options)
         engine.start(asyncio.get_running_loop())
         try:
             return await body(engine)
@@ -109,6 +109,26 @@ def test_mixed_adapters_and_lengths_in_one_batch_equal_generate_row_by_row(loade
     for (prompt, adapter, max_tokens), choice in zip(cases, answers, strict=True):
         assert choice.tokens == generate(loaded, prompt, adapter, max_tokens), (prompt, adapter)
     assert max(engine.batch_sizes) > 1
+
+
+@pytest.mark.parametrize("budget_rows", [2, 0])
+def test_a_prefill_stays_within_its_token_budget_and_a_longer_prompt_runs_alone(
+    loaded, budget_rows
+):
+    cases = [(PROMPTS[3], a) for a in ("emoji", "math", "base", "emoji")]  # equal lengths
+    length = len(loaded.tokenizer(PROMPTS[3])["input_ids"])
+    budget = max(budget_rows * length, 1)  # two rows fit, three do not; or not even one
+
+    async def body(engine):
+        pendings = [pending(loaded, p, a, MAX_TOKENS) for p, a in cases]
+        engine.submit([row for item in pendings for row in item.rows])  # all waiting at once
+        return [(await item.result())[0] for item in pendings], engine
+
+    answers, engine = serve(loaded, body, max_prefill_tokens=budget)
+    for (prompt, adapter), choice in zip(cases, answers, strict=True):
+        assert choice.tokens == generate(loaded, prompt, adapter, MAX_TOKENS), (prompt, adapter)
+    assert engine.prefill_sizes == ({2: 2} if budget_rows == 2 else {1: 4})
+    assert max(engine.batch_sizes) > 2  # later prefills still join the running batch
 
 
 def test_a_seeded_row_samples_the_same_alone_or_beside_others(loaded):

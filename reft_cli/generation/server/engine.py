@@ -1,7 +1,9 @@
 """The engine: one worker thread owns the model and runs a decode loop that rows join and leave.
 
 Requests become rows (one per prompt and choice) in a bounded queue. Each turn of the loop admits
-waiting rows up to the batch size, whatever their adapters or decode settings: the new rows are
+waiting rows, oldest first, up to the batch size and to a prefill budget (the padded prompt tokens
+one prefill may run, so a burst of long prompts delays the running rows' next step by a bounded
+amount), whatever their adapters or decode settings: the new rows are
 prefilled together, each with its own adapter's edits (`adapter_names`), and join the running
 batch (batch.py). Then one decode step runs every row on the plain base model, since the edits
 live in the cache. So a new request waits at most one step and one prefill for its first token.
@@ -98,12 +100,20 @@ class Row:
 class Engine:
     """The queue and the worker thread; `submit` and `call` are safe from any thread."""
 
-    def __init__(self, loaded: LoadedModel, max_batch_size: int = 8, max_queue: int = 256) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        max_batch_size: int = 8,
+        max_queue: int = 256,
+        max_prefill_tokens: int = 8192,
+    ) -> None:
         self.loaded = loaded
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
+        self.max_prefill_tokens = max_prefill_tokens
         self.eos = _eos_ids(loaded)
         self.batch_sizes: Counter[int] = Counter()  # decode steps run at each batch size
+        self.prefill_sizes: Counter[int] = Counter()  # prefills run for each number of rows
         self._rows: deque[Row] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._ready = threading.Condition()
@@ -191,17 +201,24 @@ class Engine:
                 return
 
     def _take(self) -> list[Row]:
-        """The oldest live waiting rows, as many as the running batch has room for. A model whose
-        cache cannot be padded (sliding windows) admits only into an empty batch."""
+        """The oldest live waiting rows, as many as the running batch has room for and whose
+        left-padded prompts fit the prefill budget; one row always fits, however long. A model
+        whose cache cannot be padded (sliding windows) admits only into an empty batch."""
         batch = self._batch
         if batch is not None and not batch.joinable():
             return []
         room = self.max_batch_size - (len(batch) if batch is not None else 0)
         taken: list[Row] = []
+        width = 0
         while self._rows and len(taken) < room:
-            row = self._rows.popleft()
+            row = self._rows[0]
+            wider = max(width, len(row.prompt))
+            if not row.cancelled and taken and wider * (len(taken) + 1) > self.max_prefill_tokens:
+                break
+            self._rows.popleft()
             if not row.cancelled:
                 taken.append(row)
+                width = wider
         return taken
 
     def _admit(self, rows: list[Row]) -> None:
@@ -228,6 +245,7 @@ class Engine:
 
     def _prefill(self, rows: list[Row]) -> Batch:
         """The new rows' prompts through the model with their adapters' edits, and first tokens."""
+        self.prefill_sizes[len(rows)] += 1
         device = self.loaded.device
         padded = left_padded([r.prompt for r in rows], self.loaded.tokenizer.pad_token_id)
         ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)

@@ -32,6 +32,7 @@ class ServeOptions:
     adapter_root: Path | None = None
     max_batch_size: int = 8
     max_queue: int = 256
+    max_prefill_tokens: int = 8192
     max_model_len: int | None = None
     max_new_tokens: int = 1024
     max_body_bytes: int = 1 << 20
@@ -54,7 +55,7 @@ def serve(options: ServeOptions) -> None:
         )
     base_name = options.base_model or str(next(iter(loaded.records.values())).base_model)
     context = options.max_model_len or context_length(loaded)
-    engine = Engine(loaded, options.max_batch_size, options.max_queue)
+    engine = Engine(loaded, options.max_batch_size, options.max_queue, options.max_prefill_tokens)
     models = Models(
         engine,
         base_name,
@@ -119,6 +120,7 @@ def _check(options: ServeOptions) -> None:
     for name, value in (
         ("--max-batch-size", options.max_batch_size),
         ("--max-queue", options.max_queue),
+        ("--max-prefill-tokens", options.max_prefill_tokens),
         ("--max-new-tokens", options.max_new_tokens),
     ):
         if value < 1:
