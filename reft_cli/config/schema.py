@@ -37,6 +37,7 @@ from reft_cli.config.validation import (
 from reft_cli.engine.adapter_config import COMPONENTS, TASK_TYPES, ReftConfig
 from reft_cli.engine.base_models import DTYPES
 from reft_cli.engine.interventions import INTERVENTIONS
+from reft_cli.engine.pooling import POOLINGS
 from reft_cli.engine.positions import PositionSpec
 from reft_cli.errors import ReftError
 
@@ -136,6 +137,8 @@ class ModelConfig:
     trust_remote_code: bool = option(False)  # never run a repository's code unless asked
     task_type: str = option("causal_lm", one_of(TASK_TYPES))
     num_labels: int | None = option(None, POSITIVE_INT)  # seq_cls; null: from the data's labels
+    # seq_cls: what the head reads; mean suits sentence-transformers encoders (engine/pooling.py)
+    pooling: str = option("first", one_of(POOLINGS))
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,11 @@ class RunConfig:
                 f"data.mc_format: {self.data.mc_format} trains a causal LM on answer options; "
                 "set model.task_type: causal_lm or drop data.mc_format"
             )
+        if self.model.pooling != "first" and self.model.task_type != "seq_cls":
+            problems.append(
+                f"model.pooling: {self.model.pooling} is what a classification head reads; "
+                "set model.task_type: seq_cls or drop model.pooling"
+            )
         return problems
 
     @classmethod
@@ -394,6 +402,7 @@ class RunConfig:
                 base_model=model.name_or_path,
                 base_model_revision=model.revision,
                 task_type=model.task_type,
+                pooling=model.pooling,
                 dtype=model.dtype,
                 prompt_template=self.data.template,
             )

@@ -55,6 +55,7 @@ class ReftConfig:
     base_model: str | None = None
     base_model_revision: str | None = None
     task_type: str = "causal_lm"
+    pooling: str = "first"  # seq_cls: what the head reads, see engine/pooling.py
     dtype: str = "float32"
     hidden_size: int | None = None
     num_layers: int | None = None

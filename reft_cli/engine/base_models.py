@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from reft_cli.engine.pooling import apply_pooling
 from reft_cli.errors import ReftError, check_choice
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -110,9 +111,11 @@ def load_model(
     dtype: str = "float32",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    pooling: str = "first",
     **kwargs: Any,
 ) -> PreTrainedModel:
-    """A transformers model for `name` (alias, hub id or folder), in eval mode."""
+    """A transformers model for `name` (alias, hub id or folder), in eval mode; a classifier's
+    head reads the last states as `pooling` says (see engine/pooling.py)."""
     if not name:
         raise ReftError("no base model given and the adapter does not name one; pass --base-model")
     check_choice("dtype", dtype, DTYPES)
@@ -134,6 +137,9 @@ def load_model(
             "local folder)"
         ) from err
     model.name_or_path = name
+    if pooling != "first" and task_type != "seq_cls":
+        raise ReftError(f"pooling: {pooling} is for classifiers (task_type: seq_cls)")
+    apply_pooling(model, pooling)
     return model.eval()
 
 

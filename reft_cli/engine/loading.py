@@ -232,6 +232,7 @@ def load_adapters(
         dtype=placement.dtype or first.dtype,
         revision=first.base_model_revision,
         trust_remote_code=trust_remote_code,
+        pooling=first.pooling,
         **_map_kwargs(placement),
         **extra,
     )
@@ -258,6 +259,7 @@ def load_base(
     num_labels: int | None = None,
     placement: Placement = Placement(),
     trust_remote_code: bool = False,
+    pooling: str = "first",
 ) -> LoadedModel:
     """The plain base model (a baseline), in eval mode on the chosen device."""
     device = _target(placement)
@@ -268,6 +270,7 @@ def load_base(
         dtype=placement.dtype or dtype,
         revision=revision,
         trust_remote_code=trust_remote_code,
+        pooling=pooling,
         **_map_kwargs(placement),
         **extra,
     )

@@ -160,6 +160,7 @@ class LoraModel(nn.Module):
                 task_type=config.task_type,
                 dtype=config.dtype,
                 revision=config.base_model_revision,
+                pooling=config.pooling,
                 **load_kwargs,
             )
         try:

@@ -41,6 +41,7 @@ class LoraAdapterConfig:
     base_model: str | None = None
     base_model_revision: str | None = None
     task_type: str = "causal_lm"
+    pooling: str = "first"  # seq_cls: what the head reads, see engine/pooling.py
     dtype: str = "float32"
     num_labels: int | None = None  # seq_cls: the head's outputs
     prompt_template: str | None = None

@@ -374,6 +374,7 @@ class ReftModel(nn.Module):
                 task_type=config.task_type,
                 dtype=config.dtype,
                 revision=config.base_model_revision,
+                pooling=config.pooling,
                 **load_kwargs,
             )
         model = cls(base_model, config, adapter_name)

@@ -52,6 +52,7 @@ def load_for_eval(
         num_labels=base.num_labels or num_labels,
         placement=placement,
         trust_remote_code=base.trust_remote_code,
+        pooling=base.pooling,
     )
 
 

@@ -75,6 +75,11 @@ def export_adapter(
     refuse_existing(out)
     if push_to_hub:
         check_can_push(push_to_hub)
+    if format == "pyreft" and native.config.pooling != "first":
+        raise ReftError(
+            f"{adapter}'s head reads the {native.config.pooling} of the last states "
+            "(model.pooling), which pyreft cannot express; export it with --format hub"
+        )
     if format == "pyreft":
         result = write_pyreft(native, out)
     else:

@@ -53,6 +53,7 @@ def build(run: RunConfig) -> Setup:
         dtype=run.model.dtype,
         revision=run.model.revision,
         trust_remote_code=run.model.trust_remote_code,
+        pooling=run.model.pooling,
         **extra,
     )
     if base.config.pad_token_id is None:
@@ -84,6 +85,7 @@ def _lora_model(
         base_model=run.model.name_or_path,
         base_model_revision=run.model.revision,
         task_type=run.model.task_type,
+        pooling=run.model.pooling,
         dtype=run.model.dtype,
         num_labels=data.num_labels if run.model.task_type == "seq_cls" else None,
         prompt_template=data.template,

@@ -169,6 +169,17 @@ def test_classification_head_travels_in_pytorch_model_bin(tmp_path):
     assert torch.equal(after["head.classifier.weight"], model.model.classifier.weight)
 
 
+def test_a_mean_pooled_head_is_not_exported_to_pyreft(tmp_path):
+    base = tiny_model_dir(tmp_path / "bert", "bert")
+    config = ReftConfig.for_layers(
+        [0], 3, rank=2, task_type="seq_cls", pooling="mean", base_model=str(base)
+    )
+    model = get_reft_model(load_model(str(base), task_type="seq_cls", pooling="mean"), config)
+    model.save_pretrained(tmp_path / "a")
+    with pytest.raises(ReftError, match="which pyreft cannot express"):
+        export_adapter(tmp_path / "a", "pyreft", tmp_path / "pyreft")
+
+
 def test_classification_without_a_saved_head_keeps_the_base_models_head(tmp_path):
     base = tiny_model_dir(tmp_path / "bert", "bert")
     config = ReftConfig.for_layers([0], 3, rank=2, task_type="seq_cls", base_model=str(base))
