@@ -44,7 +44,8 @@ def apply_pooling(model: nn.Module, pooling: str) -> None:
     masks: list[Tensor | None] = [None]
 
     def keep_mask(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        masks[0] = kwargs.get("attention_mask")
+        # transformers' encoders take (input_ids, attention_mask, ...) when called positionally.
+        masks[0] = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
 
     def pool(_: nn.Module, __: Any, output: Any) -> Any:
         states = output[0] if isinstance(output, tuple) else output.last_hidden_state
