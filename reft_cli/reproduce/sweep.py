@@ -248,11 +248,15 @@ def run_sweep(options: SweepOptions, console: Console) -> optuna.Study:
 
 
 def _reporter(trial: optuna.Trial, metric: str) -> Callable[[int, dict[str, float]], None]:
-    """The trainer's eval callback: report the selection value, stop the trial if pruned."""
+    """The trainer's eval callback: report the selection value, stop the trial if pruned. A trial
+    is never stopped at its first evaluation: it may still be in warmup, where a lower learning
+    rate trails every other trial and says little of where it ends."""
+    evaluations = [0]
 
     def report(step: int, metrics: dict[str, float]) -> None:
         trial.report(metrics[metric], step)
-        if trial.should_prune():
+        evaluations[0] += 1
+        if evaluations[0] > 1 and trial.should_prune():
             trial.set_user_attr("pruned_at_step", step)
             raise _optuna().TrialPruned(f"{metric}={metrics[metric]:.6g} at step {step}")
 

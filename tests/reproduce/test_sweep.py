@@ -144,9 +144,11 @@ def test_a_trial_trailing_the_median_is_pruned_and_stops_its_training(setup, tmp
         direction="minimize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
     )
     first = study.ask()
-    _reporter(first, "eval_loss")(1, {"eval_loss": 0.5})
+    for step in (1, 2):
+        _reporter(first, "eval_loss")(step, {"eval_loss": 0.5})
     study.tell(first, 0.5)
-    # the second trial's training evaluates at every step; its first value trails the median
+    # the second trial's training evaluates at every step; every value trails the median, but
+    # its first evaluation (maybe still in warmup) never stops it
     run = load_config(
         config,
         [f"train.output_dir={tmp_path / 'trial'}", "train.eval_steps=1", "train.max_steps=3"],
@@ -158,13 +160,15 @@ def test_a_trial_trailing_the_median_is_pruned_and_stops_its_training(setup, tmp
         seen.append(step)
         report(step, {"eval_loss": 0.5 + 10.0 * step})
 
-    with pytest.raises(optuna.TrialPruned, match="at step 1"):
+    with pytest.raises(optuna.TrialPruned, match="at step 2"):
         Trainer(run, Console(quiet=True), on_eval=on_eval).train()
-    assert seen == [1]  # no step after the pruned evaluation ran
-    assert second.user_attrs["pruned_at_step"] == 1
+    assert seen == [1, 2]  # no step after the pruned evaluation ran
+    assert second.user_attrs["pruned_at_step"] == 2
     # a trial at the median is kept
     third = study.ask()
-    _reporter(third, "eval_loss")(1, {"eval_loss": 0.5})
+    report = _reporter(third, "eval_loss")
+    for step in (1, 2):
+        report(step, {"eval_loss": 0.5})
     assert not third.should_prune()
 
 
