@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.utils import simple_parse_args_string
 from torch import Tensor
 
 from reft_cli.engine.loading import LoadedModel, Placement, load_adapters, load_base
@@ -30,6 +31,8 @@ from reft_cli.errors import ReftError
 from reft_cli.evaluation.harness.context_lengths import ContextLengths
 
 __all__ = ["ReftLM", "load_subject"]
+
+LM_EVAL_DEFAULT_DEVICE = "cuda:0"
 
 
 def load_subject(
@@ -69,12 +72,28 @@ class ReftLM(HFLM):
     ) -> None:
         if trust_remote_code:
             raise ReftError("--model reft never runs a model's remote code (trust_remote_code)")
+        if device == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
+            device = "auto"  # lm-eval's CLI passes cuda:0 unless told; HFLM falls back likewise
         self.subject = load_subject(adapter, pretrained, device or "auto", dtype)
         self._context_lengths: ContextLengths | None = None
         self._probing = False
         super().__init__(
             pretrained=self.subject.base_model, tokenizer=self.subject.tokenizer, **kwargs
         )
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None
+    ) -> ReftLM:
+        """model_args win over the command line's settings, so `device=` may be given in either."""
+        given = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**given, **arg_dict})
+
+    @classmethod
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: dict[str, Any] | None = None
+    ) -> ReftLM:
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @property
     def _reft(self) -> ReftModel | None:
