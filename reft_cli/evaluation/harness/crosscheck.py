@@ -102,7 +102,7 @@ def crosscheck(
     from reft_cli.evaluation.harness.model import ReftLM
     from reft_cli.evaluation.harness.offline_tasks import write_offline_tasks
 
-    manager = TaskManager(include_path=str(write_offline_tasks()[0]))
+    manager = TaskManager(include_path=str(write_offline_tasks()[0]), include_defaults=False)
 
     base = None if adapter is not None or config is None else load_config(config).model
     lm = ReftLM(

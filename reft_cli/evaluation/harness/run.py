@@ -89,7 +89,7 @@ def _task_manager(options: HarnessOptions) -> Any:
                 f"harness task {name!r} has no offline copy here ({missing}; offline: "
                 f"{', '.join(available)}); pass --hub-tasks for lm-eval's stock tasks (hub access)"
             )
-    return TaskManager(include_path=str(folder))
+    return TaskManager(include_path=str(folder), include_defaults=False)
 
 
 def run_harness(options: HarnessOptions, console: Console) -> dict[str, Any]:
