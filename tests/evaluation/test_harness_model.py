@@ -13,6 +13,7 @@ from reft_cli.evaluation.harness.context_lengths import ContextLengths
 from reft_cli.evaluation.harness.model import ReftLM
 from reft_cli.evaluation.loglik import Request, continuation_logliks
 from tests.conftest import tiny_model_dir
+from tests.engine.test_lora import ROWS, build, lora_run, write_jsonl
 
 from .test_evaluate import save_adapter
 
@@ -123,3 +124,20 @@ def test_bad_model_args_are_one_line_errors(folders, tmp_path):
         harness(tmp_path / "missing")
     with pytest.raises(ReftError, match="remote code"):
         harness(folders[1], trust_remote_code=True)
+
+
+def test_a_lora_folder_scores_through_hflms_own_path(tmp_path):
+    tiny_model_dir(tmp_path / "llama")
+    write_jsonl(tmp_path / "train.jsonl", ROWS)
+    model = build(lora_run(tmp_path, tmp_path / "unused")).model
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=3.0)
+    model.save_pretrained(tmp_path / "lora")
+    lm = harness(tmp_path / "lora", batch_size=3)
+    assert lm.subject.is_lora
+    base = scores(harness(pretrained=str(tmp_path / "llama")))
+    assert scores(lm) != pytest.approx(base)
+    assert scores(lm) == pytest.approx(scores(harness(tmp_path / "lora", batch_size=1)), abs=1e-4)
