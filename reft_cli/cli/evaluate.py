@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from reft_cli.cli.common import config_path, console
+from reft_cli.errors import ReftError
 
 
 def eval_(
@@ -49,6 +50,19 @@ def eval_(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a non-empty --output folder as a whole."
     ),
+    harness: str | None = typer.Option(
+        None,
+        "--harness",
+        help="Comma-separated lm-evaluation-harness tasks, scored by lm-eval itself with its own "
+        "prompts (needs reft[harness]); offline copies of piqa, arc_easy, arc_challenge, "
+        "hellaswag, winogrande, boolq, openbookqa, sciq, copa, gsm8k.",
+    ),
+    hub_tasks: bool = typer.Option(
+        False, "--hub-tasks", help="With --harness: lm-eval's stock tasks, data from the hub."
+    ),
+    num_fewshot: int | None = typer.Option(
+        None, "--num-fewshot", min=0, help="With --harness: few-shot examples per prompt."
+    ),
 ) -> None:
     """Score an adapter (or its base model) on the paper's benchmarks.
 
@@ -57,7 +71,36 @@ def eval_(
       reft eval --adapter out/commonsense --tasks boolq,piqa --limit 100
       reft eval configs/glue-mini.yaml --no-adapter
       reft eval --no-adapter configs/commonsense-mini.yaml --scoring loglik
+      reft eval --harness piqa,arc_easy --adapter out/commonsense --limit 100
     """
+    given = {"--tasks": tasks, "--split": split, "--scoring": scoring}
+    given["--max-new-tokens"] = max_new_tokens
+    if harness is not None and any(v is not None for v in given.values()):
+        clash = next(k for k, v in given.items() if v is not None)
+        raise ReftError(f"--harness runs lm-eval's own tasks and prompts; drop {clash}")
+    if harness is None and (hub_tasks or num_fewshot is not None):
+        raise ReftError("--hub-tasks and --num-fewshot go with --harness TASKS")
+    if harness is not None:
+        from reft_cli.evaluation.harness.run import HarnessOptions, run_harness
+
+        run_harness(
+            HarnessOptions(
+                tasks=[t.strip() for t in harness.split(",") if t.strip()],
+                adapter=adapter,
+                config=config_path(config) if config is not None else None,
+                overrides=overrides or [],
+                no_adapter=no_adapter,
+                limit=limit,
+                batch_size=batch_size or 8,
+                num_fewshot=num_fewshot,
+                device=device,
+                output=output,
+                overwrite=overwrite,
+                hub_tasks=hub_tasks,
+            ),
+            console,
+        )
+        return
     from reft_cli.evaluation.evaluate import EvalOptions, run_eval
 
     options = EvalOptions(

@@ -60,7 +60,16 @@ from reft_cli.evaluation.scorers import (
 from reft_cli.evaluation.tasks import TaskRef, load_task_rows
 from reft_cli.metrics import glue_metrics
 
-__all__ = ["EvalOptions", "TaskResult", "evaluate_task", "plan_eval", "results_table", "run_eval"]
+__all__ = [
+    "EvalOptions",
+    "TaskResult",
+    "adapter_identity",
+    "check_output",
+    "evaluate_task",
+    "plan_eval",
+    "results_table",
+    "run_eval",
+]
 
 _SCORERS = {"commonsense": score_commonsense, "math": score_math, "gsm8k": score_gsm8k}
 
@@ -287,7 +296,7 @@ def run_eval(options: EvalOptions, console: Console) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.perf_counter()
     plan = plan_eval(options)
-    _check_output(plan.output, options.overwrite)
+    check_output(plan.output, options.overwrite)
     if plan.adapter is None:
         console.print(f"[yellow]note[/]: no adapter; evaluating the base model {_base(plan)}")
     prepared = _prepare(plan)
@@ -340,17 +349,20 @@ def _sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def adapter_identity(folder: Path) -> dict[str, Any]:
+    """The adapter's path and the hashes of its weights and record, for eval_results.json."""
+    weights, adapter_config = adapter_files(folder)
+    return {
+        "path": str(folder.resolve()),
+        "weights_sha256": _sha256(weights),
+        "config_sha256": _sha256(adapter_config),
+    }
+
+
 def _report(
     plan: EvalPlan, results: list[TaskResult], started: datetime.datetime, seconds: float
 ) -> dict[str, Any]:
-    adapter = None
-    if plan.adapter is not None:
-        weights, adapter_config = adapter_files(plan.adapter)
-        adapter = {
-            "path": str(plan.adapter.resolve()),
-            "weights_sha256": _sha256(weights),
-            "config_sha256": _sha256(adapter_config),
-        }
+    adapter = adapter_identity(plan.adapter) if plan.adapter is not None else None
     config = None
     if plan.config_path is not None:
         config = {
@@ -375,7 +387,7 @@ def _report(
     }
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: Path, overwrite: bool) -> None:
     """Refuse to mix new results into an old folder (stale predictions of tasks not rerun)."""
     if output.exists() and not output.is_dir():
         raise ReftError(f"--output {output} is a file, not a folder; choose a folder path")
