@@ -10,6 +10,10 @@ trained then evaluated, and the numbers they must reach.
       - name: untrained
         config: configs/glue-mini.yaml
         train: false                 # evaluate the base model only: a baseline
+      - name: harness
+        config: configs/glue-mini.yaml
+        harness: [piqa, arc_easy]    # scored by lm-evaluation-harness instead (reft[harness])
+        harness_limit: 100           # rows per task
     expect:
       - {run: loreft, task: sst2, value: 75.0, tolerance: 3.0, source: measured here}
       - {run: loreft, task: sst2, above: untrained}
@@ -51,6 +55,9 @@ class RecipeRun:
     seeds: list[int] = option([42], rule(lambda v: bool(v), "a non-empty list of seeds"))  # noqa: RUF009
     train: bool = option(True)  # false: evaluate the base model as the config describes it
     label: str | None = option(None)  # how the report names the run; default its name
+    # lm-evaluation-harness tasks that score the run instead of the config's eval section
+    harness: list[str] = option([])  # noqa: RUF009 - option() returns a field
+    harness_limit: int | None = option(None, rule(lambda v: v > 0, "a positive number of rows"))
 
     def title(self) -> str:
         return self.label or self.name
@@ -182,6 +189,8 @@ def _check_runs(runs: list[RecipeRun], path: Path) -> list[str]:
                 f"{where}.config: {run.config!r} not found (as a path, beside the recipe, "
                 "or as a shipped config); see `reft configs list`"
             )
+        if run.harness_limit is not None and not run.harness:
+            problems.append(f"{where}.harness_limit: goes with harness: [tasks]")
         if not run.train and len(run.seeds) > 1:
             problems.append(
                 f"{where}.seeds: an evaluation-only run (train: false) is deterministic; "

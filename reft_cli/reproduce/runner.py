@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from reft_cli.config.schema import RunConfig
 from reft_cli.engine.adapter_io import atomic_write_text
 from reft_cli.engine.folder_names import (
     ADAPTER_DIR,
@@ -156,7 +157,10 @@ def _check_record(recipe: Recipe, job: Job) -> None:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     record = job.folder / RUN_RECORD_NAME
     if record.is_file():
-        if json.loads(record.read_text()).get("config_sha256") != digest:
+        recorded = json.loads(record.read_text())
+        if recorded.get("config_sha256") != digest and not _same_run(
+            recorded.get("config", {}), config, RunConfig().to_dict()
+        ):
             raise ReftError(
                 f"{job.folder} was started with a different config for run {job.run.name} "
                 f"seed {job.seed}; delete that folder to start it again with the new settings"
@@ -164,6 +168,24 @@ def _check_record(recipe: Recipe, job: Job) -> None:
         return
     text = json.dumps({"config_sha256": digest, "seed": job.seed, "config": config}, indent=2)
     atomic_write_text(record, text + "\n")
+
+
+def _same_run(recorded: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether a recorded config is the current one, but for settings reft gained since it was
+    written that hold their defaults (an upgrade must not orphan finished runs)."""
+    if set(recorded) - set(current):
+        return False
+    for key, value in current.items():
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if key not in recorded:
+            if value != default:
+                return False
+        elif isinstance(value, dict) and isinstance(recorded[key], dict):
+            if not _same_run(recorded[key], value, default if isinstance(default, dict) else {}):
+                return False
+        elif recorded[key] != value:
+            return False
+    return True
 
 
 def _train(recipe: Recipe, job: Job, console: Console, resume: bool) -> None:
@@ -194,6 +216,9 @@ def _evaluate(recipe: Recipe, job: Job, console: Console) -> None:
 
     console.rule(f"evaluate {job.run.title()} — seed {job.seed}")
     output = job.folder / EVAL_DIR
+    if job.run.harness:
+        _evaluate_harness(recipe, job, output, console)
+        return
     if job.run.train:
         options = EvalOptions(adapter=job.adapter, output=output, overwrite=True)
     else:
@@ -205,3 +230,21 @@ def _evaluate(recipe: Recipe, job: Job, console: Console) -> None:
             overwrite=True,  # this job's own folder, without results (they would have been kept)
         )
     run_eval(options, console)
+
+
+def _evaluate_harness(recipe: Recipe, job: Job, output: Path, console: Console) -> None:
+    """The run's harness tasks, scored by lm-eval; results land where `reft eval` puts its own."""
+    from reft_cli.evaluation.harness.run import HarnessOptions, run_harness
+
+    trained = {"adapter": job.adapter} if job.run.train else {}
+    base = {} if job.run.train else {"config": recipe.configs[job.run.name], "no_adapter": True}
+    options = HarnessOptions(
+        tasks=list(job.run.harness),
+        overrides=list(job.run.overrides),
+        limit=job.run.harness_limit,
+        output=output,
+        overwrite=True,  # this job's own folder, without results (they would have been kept)
+        **trained,
+        **base,
+    )
+    run_harness(options, console)

@@ -106,3 +106,43 @@ def test_the_wrapper_puts_the_offline_tasks_first_on_the_include_path():
     assert lm_eval_args(args, "/o") == [*args, "--include_path", "/o"]
     assert lm_eval_args([*args, "--include_path", "/mine"], "/o")[-1] == "/o:/mine"
     assert lm_eval_args([*args, "--hub-tasks"], None) == args
+
+
+@needs_data
+def test_a_recipe_run_can_be_scored_by_harness_tasks(tmp_path):
+    """A recipe's `harness:` tasks score its trained and its base-model runs through lm-eval, and
+    the report reads their results like `reft eval`'s."""
+    import datasets
+    import yaml
+
+    model = tiny_model_dir(tmp_path / "model")
+    rows = [{"prompt": f"q{i}", "response": f"a{i % 3}"} for i in range(8)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "data"))
+    config = {
+        "model": {"name_or_path": str(model)},
+        "data": {"dataset": str(tmp_path / "data")},
+        "intervention": {"layers": [1], "positions": "l1"},
+        "train": {"max_steps": 2, "per_device_train_batch_size": 4, "save_steps": 1000},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    tasks = {"harness": ["piqa"], "harness_limit": 2}
+    recipe = {
+        "name": "harness-demo",
+        "output_dir": str(tmp_path / "out"),
+        "runs": [
+            {"name": "tuned", "config": "tiny.yaml", **tasks},
+            {"name": "base", "config": "tiny.yaml", "train": False, **tasks},
+        ],
+        "expect": [{"run": "tuned", "task": "piqa", "value": 50, "tolerance": 50}],
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = reft("reproduce", str(tmp_path / "recipe.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    for run in ("tuned", "base"):
+        scored = json.loads(
+            (tmp_path / "out" / run / "seed42" / "eval" / "eval_results.json").read_text()
+        )
+        assert scored["scoring"] == "harness" and scored["tasks"]["piqa"]["num_examples"] == 2
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["runs"]) == {"tuned", "base"}
+    assert report["passed"] is True

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reft_cli.config.schema import ConfigError
+from reft_cli.config.schema import ConfigError, RunConfig
 from reft_cli.engine.folder_names import (
     EVAL_DIR,
     RESULTS_NAME,
@@ -152,6 +152,28 @@ def test_a_folder_started_with_another_config_is_not_reused(tmp_path):
     )
     with pytest.raises(ReftError, match="started with a different config"):
         _check_record(changed, jobs(changed)[0])
+
+
+def test_a_record_from_before_a_new_setting_is_the_same_run_while_it_holds_its_default(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path))
+    job = jobs(recipe)[0]
+    _check_record(recipe, job)
+    path = job.folder / RUN_RECORD_NAME
+    record = json.loads(path.read_text())
+    assert record["config"]["model"]["pooling"] == "first"  # a setting with its default
+    del record["config"]["model"]["pooling"]  # as a record written before reft had it
+    record["config_sha256"] = "written by an older reft"
+    path.write_text(json.dumps(record))
+    _check_record(recipe, job)  # the same run
+    learning_rate = record["config"]["train"].pop("learning_rate")
+    assert learning_rate != RunConfig().train.learning_rate  # the emoji config sets its own
+    path.write_text(json.dumps(record))
+    with pytest.raises(ReftError, match="started with a different config"):
+        _check_record(recipe, job)  # a missing setting away from its default
+    record["config"]["train"]["learning_rate"] = 1.0
+    path.write_text(json.dumps(record))
+    with pytest.raises(ReftError, match="started with a different config"):
+        _check_record(recipe, job)  # a recorded setting that differs
 
 
 def test_gpu_recipes_refuse_a_cpu_unless_forced(tmp_path, monkeypatch):
