@@ -91,8 +91,9 @@ def rows(shape: str, tokenizer) -> list[dict]:
     return out
 
 
-def batch_of(examples: list[dict], pad_id: int):
-    """Right-padded tensors, labels on the response (and eos) only, as pyreft's collator pads."""
+def batch_of(examples: list[dict], pad_id: int, ids: list[int] | None = None):
+    """Right-padded tensors, labels on the response (and eos) only, as pyreft's collator pads;
+    `ids` are the examples' indices (the frozen-state cache's keys), 0.. by default."""
     import torch
 
     width = max(len(e["input_ids"]) for e in examples)
@@ -109,7 +110,7 @@ def batch_of(examples: list[dict], pad_id: int):
         "attention_mask": mask,
         "labels": labels,
         "prompt_lengths": torch.tensor([e["prompt_length"] for e in examples]),
-        "example_ids": torch.arange(len(examples)),
+        "example_ids": torch.tensor(ids) if ids is not None else torch.arange(len(examples)),
     }
 
 
@@ -167,8 +168,9 @@ def train_reft(folder: Path) -> dict:
     from reft_cli.engine.base_models import load_model
     from reft_cli.engine.reft_model import ReftModel
     from reft_cli.training.loss import loss_sum
-    from reft_cli.training.packing import Packer
+    from reft_cli.training.packing import Packer, key_budget
     from reft_cli.training.prefix_cache import PrefixCache
+    from reft_cli.training.step_plan import split_by_keys
 
     spec = json.loads((folder / "spec.json").read_text())
     clock = time.process_time if spec["cpu_time"] else time.perf_counter
@@ -180,12 +182,18 @@ def train_reft(folder: Path) -> dict:
     scheduler = get_scheduler("linear", optimizer, 0, spec["steps"])
     packer = Packer(model, head_on_targets=True, required=False)
     cache = PrefixCache(model, 2**31, head_on_targets=True, packer=packer)
-    data = batch_of(spec["examples"], spec["pad_id"])
+    examples = spec["examples"]
+    keys = {i: len(e["input_ids"]) for i, e in enumerate(examples)}  # as the Trainer splits
+    groups = split_by_keys([list(keys)], keys, key_budget(model))
+    parts = [batch_of([examples[i] for i in rows], spec["pad_id"], rows) for rows in groups]
+    count = sum(len(e["input_ids"]) - e["prompt_length"] for e in examples)
 
-    def step() -> float:
-        total, count = loss_sum(*cache.forward(model, data), "causal_lm")
-        loss = total / count
-        loss.backward()
+    def step() -> torch.Tensor:
+        loss = torch.zeros(())
+        for part in parts:
+            summed, _ = loss_sum(*cache.forward(model, part), "causal_lm")
+            (summed / count).backward()
+            loss = loss + summed.detach() / count
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -199,7 +207,8 @@ def train_reft(folder: Path) -> dict:
         seconds.append(clock() - start)
         losses.append(loss.item())
     flops = step_flops(step)  # one more step, after the timed ones, so it changes none of them
-    return {"seconds": seconds, "losses": losses, "flops": flops, "note": cache.describe()}
+    note = f"{cache.describe()}; {len(groups)} packed groups of at most {key_budget(model)} keys"
+    return {"seconds": seconds, "losses": losses, "flops": flops, "note": note}
 
 
 # ------------------------------------------------------------------------------- the driver

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from reft_cli.data.examples import IGNORE_INDEX
+from reft_cli.engine.architecture import find_block_stack
 from reft_cli.engine.positions import Positions
 from reft_cli.engine.reft_model import ReftModel
 from reft_cli.errors import ReftError
@@ -30,6 +31,25 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 HALF_TOLERANCE = 2e-2
 
 PositionsOf = Callable[[Tensor, Tensor], dict[str, Positions]]
+
+# The share of a packed step's work its attention may take: packed rows attend through one dense
+# mask, so every row's queries meet every other row's keys, computed and then masked out.
+ATTENTION_SHARE = 0.1
+
+
+def key_budget(model: ReftModel) -> int:
+    """The most keys one packed sequence should hold: beyond it, attention over the masked-out
+    keys of other rows costs more than ATTENTION_SHARE of the block's own work. Per query and key
+    a block's attention does 4 x (heads x head_dim) FLOPs, per token its weights 2 x parameters,
+    so the budget is ATTENTION_SHARE x parameters / (2 x heads x head_dim): about 300 keys for
+    SmolLM2-135M, 2,500 for a 7B Llama."""
+    config = model.model.config
+    heads = getattr(config, "num_attention_heads", None) or 0
+    width = heads * (getattr(config, "head_dim", None) or config.hidden_size // max(heads, 1))
+    _, blocks = find_block_stack(model.model)
+    if not width or not len(blocks):
+        return 0
+    return int(ATTENTION_SHARE * sum(p.numel() for p in blocks[0].parameters()) / (2 * width))
 
 
 def packed_index(positions: Positions, starts: Tensor, offsets: Tensor) -> Tensor:

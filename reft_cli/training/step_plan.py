@@ -54,6 +54,28 @@ def group_by_length(micro: list[list[int]], lengths: dict[int, int]) -> list[lis
     return grouped
 
 
+def split_by_keys(micro: list[list[int]], keys: dict[int, int], budget: int) -> list[list[int]]:
+    """Each micro-batch cut into groups whose rows hold at most `budget` keys together (a longer
+    row alone), longest first into the first group with room: each group runs as one packed
+    sequence, whose dense attention grows with its keys squared. No budget leaves them whole."""
+    if budget <= 0:
+        return micro
+    grouped: list[list[int]] = []
+    for rows in micro:
+        groups: list[list[int]] = []
+        room: list[int] = []
+        for row in sorted(rows, key=lambda r: -keys[r]):
+            fits = next((i for i, left in enumerate(room) if keys[row] <= left), None)
+            if fits is None:
+                groups.append([row])
+                room.append(budget - keys[row])
+            else:
+                groups[fits].append(row)
+                room[fits] -= keys[row]
+        grouped += groups
+    return grouped
+
+
 def steps_per_epoch(num_examples: int, global_batch_size: int, accumulation_steps: int) -> int:
     micro = -(-num_examples // global_batch_size)
     return -(-micro // accumulation_steps)

@@ -43,7 +43,7 @@ from reft_cli.training.guards import (
 )
 from reft_cli.training.loss import forward, loss_sum, takes_logits_to_keep
 from reft_cli.training.model_card import write_lora_card, write_model_card
-from reft_cli.training.packing import Packer
+from reft_cli.training.packing import Packer, key_budget
 from reft_cli.training.prefix_cache import PrefixCache
 from reft_cli.training.reporting import (
     RunSummary,
@@ -61,7 +61,12 @@ from reft_cli.training.run_dir import (
     write_checkpoint,
 )
 from reft_cli.training.setup import build
-from reft_cli.training.step_plan import group_by_length, plan_epoch, steps_per_epoch
+from reft_cli.training.step_plan import (
+    group_by_length,
+    plan_epoch,
+    split_by_keys,
+    steps_per_epoch,
+)
 from reft_cli.training.train_state import (
     Progress,
     capture_rng,
@@ -160,6 +165,9 @@ class Trainer:
             if cache and PrefixCache.applies(self.model, run.model.task_type)
             else None
         )
+        # Packed rows attend through one dense mask: a step splits its rows into groups of at
+        # most this many keys, run one after another (the loss is normalized over the step).
+        self.key_budget = key_budget(self.model) if self.packer is not None else 0
         if self.main:
             start_output_dir(self.output_dir, resuming=self.resume is not None)
         self.accelerator.wait_for_everyone()
@@ -246,6 +254,9 @@ class Trainer:
             shards = plan.shard(progress.step_in_epoch, self.accelerator.process_index, self.world)
             if cfg.group_by_length:
                 shards = group_by_length(shards, self._step_lengths(shards))
+            if self.key_budget:
+                keys = {r: len(self.data.train[r].input_ids) for rows in shards for r in rows}
+                shards = split_by_keys(shards, keys, self.key_budget)
             loss = self._step([self._batch(rows) for rows in shards if rows])
             self.watch.record(loss, progress.global_step)
             epoch = progress.epoch + progress.step_in_epoch / len(plan.steps)

@@ -11,6 +11,7 @@ from reft_cli.errors import ReftError
 from reft_cli.training.loss import forward
 from reft_cli.training.packing import Packer, packed_forward, packed_index
 from reft_cli.training.prefix_cache import PrefixCache
+from reft_cli.training.step_plan import split_by_keys
 from tests.conftest import TINY_CONFIGS, VOCAB
 from tests.training.test_prefix_cache import loss_and_grads
 
@@ -126,6 +127,25 @@ def test_the_frozen_state_cache_packs_with_equal_losses_and_gradients(
     assert_equal_to_padded(model, batch(), cache.forward, True)
     assert cache.state.on and cache.state.packed and not cache.state.reason
     assert "rows packed" in cache.describe()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_batch_split_into_key_groups_equals_the_padded_batch(cached):
+    """The Trainer runs a step's rows in groups of bounded keys (split_by_keys): one packed
+    forward per group, the losses summed, equal to the whole batch padded."""
+    model = reft("f2+l2")
+    packer = Packer(model, True, required=True)
+    cache = PrefixCache(model, 2**30, head_on_targets=True, packer=packer, prefix=cached)
+    run = cache.forward if cached else packer.forward
+    keys = dict(enumerate(LENGTHS))
+    groups = split_by_keys([list(keys)], keys, budget=45)
+    assert groups == [[1, 2], [4, 3, 0]]  # 41 + 4 and 13 + 9 + 6 keys
+
+    def grouped(model, data):
+        parts = [run(model, {k: v[rows] for k, v in data.items()}) for rows in groups]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    assert_equal_to_padded(model, batch(), grouped, True)
 
 
 def test_the_packed_cache_runs_each_rows_suffix_once_without_pads():

@@ -3,7 +3,7 @@
 import itertools
 import random
 
-from reft_cli.training.step_plan import group_by_length, plan_epoch
+from reft_cli.training.step_plan import group_by_length, plan_epoch, split_by_keys
 
 
 def padded(micro, lengths):
@@ -36,3 +36,12 @@ def test_each_process_regroups_only_its_own_rows():
         shard = plan.shard(0, rank, 2)
         mine = sorted(r for m in shard for r in m)
         assert sorted(r for m in group_by_length(shard, lengths) for r in m) == mine
+
+
+def test_rows_split_into_groups_within_the_key_budget_a_longer_row_alone():
+    keys = {0: 50, 1: 300, 2: 120, 3: 200, 4: 30, 5: 90}
+    groups = split_by_keys([[0, 1, 2], [3, 4, 5]], keys, budget=250)
+    assert sorted(r for g in groups for r in g) == list(range(6))  # every row once
+    assert groups == [[1], [2, 0], [3, 4], [5]]  # longest first, into the first group with room
+    assert all(sum(keys[r] for r in g) <= 250 for g in groups if len(g) > 1)
+    assert split_by_keys([[0, 1, 2]], keys, budget=0) == [[0, 1, 2]]  # no budget: left whole
