@@ -91,9 +91,9 @@ def rows(shape: str, tokenizer) -> list[dict]:
     return out
 
 
-def batch_of(examples: list[dict], pad_id: int, ids: list[int] | None = None):
+def batch_of(examples: list[dict], pad_id: int, indices: list[int] | None = None):
     """Right-padded tensors, labels on the response (and eos) only, as pyreft's collator pads;
-    `ids` are the examples' indices (the frozen-state cache's keys), 0.. by default."""
+    `indices` are the examples' (the frozen-state cache's keys), 0.. by default."""
     import torch
 
     width = max(len(e["input_ids"]) for e in examples)
@@ -110,7 +110,7 @@ def batch_of(examples: list[dict], pad_id: int, ids: list[int] | None = None):
         "attention_mask": mask,
         "labels": labels,
         "prompt_lengths": torch.tensor([e["prompt_length"] for e in examples]),
-        "example_ids": torch.tensor(ids) if ids is not None else torch.arange(len(examples)),
+        "example_ids": torch.tensor(indices if indices is not None else range(len(examples))),
     }
 
 
