@@ -35,6 +35,9 @@ PositionsOf = Callable[[Tensor, Tensor], dict[str, Positions]]
 # The share of a packed step's work its attention may take: packed rows attend through one dense
 # mask, so every row's queries meet every other row's keys, computed and then masked out.
 ATTENTION_SHARE = 0.1
+# Fewer keys than this per sequence is never worth a split: smaller products use the hardware's
+# matrix units less well than the masked-out attention they save.
+MIN_KEYS = 256
 
 
 def key_budget(model: ReftModel) -> int:
@@ -42,14 +45,15 @@ def key_budget(model: ReftModel) -> int:
     keys of other rows costs more than ATTENTION_SHARE of the block's own work. Per query and key
     a block's attention does 4 x (heads x head_dim) FLOPs, per token its weights 2 x parameters,
     so the budget is ATTENTION_SHARE x parameters / (2 x heads x head_dim): about 300 keys for
-    SmolLM2-135M, 2,500 for a 7B Llama."""
+    SmolLM2-135M, 2,500 for a 7B Llama; never under MIN_KEYS."""
     config = model.model.config
     heads = getattr(config, "num_attention_heads", None) or 0
     width = heads * (getattr(config, "head_dim", None) or config.hidden_size // max(heads, 1))
     _, blocks = find_block_stack(model.model)
     if not width or not len(blocks):
         return 0
-    return int(ATTENTION_SHARE * sum(p.numel() for p in blocks[0].parameters()) / (2 * width))
+    share = ATTENTION_SHARE * sum(p.numel() for p in blocks[0].parameters()) / (2 * width)
+    return max(int(share), MIN_KEYS)
 
 
 def packed_index(positions: Positions, starts: Tensor, offsets: Tensor) -> Tensor:
