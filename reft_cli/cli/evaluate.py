@@ -63,6 +63,13 @@ def eval_(
     num_fewshot: int | None = typer.Option(
         None, "--num-fewshot", min=0, help="With --harness: few-shot examples per prompt."
     ),
+    skip: int = typer.Option(
+        0,
+        "--skip",
+        min=0,
+        help="With --harness and --limit: leave out each task's first N rows (an offline "
+        "config's training rows) and score the --limit rows after them.",
+    ),
 ) -> None:
     """Score an adapter (or its base model) on the paper's benchmarks.
 
@@ -78,8 +85,8 @@ def eval_(
     if harness is not None and any(v is not None for v in given.values()):
         clash = next(k for k, v in given.items() if v is not None)
         raise ReftError(f"--harness runs lm-eval's own tasks and prompts; drop {clash}")
-    if harness is None and (hub_tasks or num_fewshot is not None):
-        raise ReftError("--hub-tasks and --num-fewshot go with --harness TASKS")
+    if harness is None and (hub_tasks or num_fewshot is not None or skip):
+        raise ReftError("--hub-tasks, --num-fewshot and --skip go with --harness TASKS")
     if harness is not None:
         from reft_cli.evaluation.harness.run import HarnessOptions, run_harness
 
@@ -91,6 +98,7 @@ def eval_(
                 overrides=overrides or [],
                 no_adapter=no_adapter,
                 limit=limit,
+                skip=skip,
                 batch_size=batch_size or 8,
                 num_fewshot=num_fewshot,
                 device=device,

@@ -146,3 +146,17 @@ def test_a_recipe_run_can_be_scored_by_harness_tasks(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["runs"]) == {"tuned", "base"}
     assert report["passed"] is True
+
+
+@needs_data
+def test_skip_scores_the_rows_after_the_first_n(tmp_path):
+    adapter = save_adapter(tiny_model_dir(tmp_path / "model"), tmp_path / "adapter")
+    common = ("eval", "--harness", "piqa", "--adapter", str(adapter), "--device", "cpu")
+    result = reft(*common, "--skip", "3", "--limit", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = adapter / "eval"
+    assert sorted(row["doc_id"] for row in samples(folder, "piqa")) == [3, 4]
+    report = json.loads((folder / "eval_results.json").read_text())
+    assert report["skip"] == 3 and report["tasks"]["piqa"]["num_examples"] == 2
+    refused = reft(*common, "--skip", "3", "--output", str(tmp_path / "other"))
+    assert refused.returncode != 0 and "give --limit too" in refused.stderr

@@ -46,6 +46,7 @@ class HarnessOptions:
     overrides: Sequence[str] = ()
     no_adapter: bool = False
     limit: int | None = None
+    skip: int = 0  # rows of each task left out before the `limit` scored ones (training rows)
     batch_size: int = 8
     num_fewshot: int | None = None
     device: str = "auto"
@@ -92,6 +93,13 @@ def _task_manager(options: HarnessOptions) -> Any:
     return TaskManager(include_path=str(folder), include_defaults=False)
 
 
+def _rows(task: str, options: HarnessOptions) -> dict[str, list[int]] | None:
+    """lm-eval's `samples`: the rows after the skipped ones, when rows are skipped."""
+    if not options.skip:
+        return None
+    return {task: list(range(options.skip, options.skip + (options.limit or 0)))}
+
+
 def run_harness(options: HarnessOptions, console: Console) -> dict[str, Any]:
     """Score every task with lm-eval, write the outputs; returns eval_results.json's data."""
     try:
@@ -103,6 +111,8 @@ def run_harness(options: HarnessOptions, console: Console) -> dict[str, Any]:
         raise ReftError(f"--harness needs lm-eval: pip install 'reft[harness]' ({err})") from err
     if not options.tasks:
         raise ReftError("--harness names no tasks; for example --harness piqa,arc_easy")
+    if options.skip and not options.limit:
+        raise ReftError("--skip N scores the --limit rows after the first N; give --limit too")
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.perf_counter()
     adapter, base_model, output = _subject(options)
@@ -124,7 +134,8 @@ def run_harness(options: HarnessOptions, console: Console) -> dict[str, Any]:
                 model=lm,
                 tasks=[name],
                 task_manager=manager,
-                limit=options.limit,
+                limit=None if options.skip else options.limit,
+                samples=_rows(name, options),
                 num_fewshot=options.num_fewshot,
                 log_samples=True,
                 evaluation_tracker=tracker,
@@ -186,6 +197,7 @@ def _report(
         "template": None,  # lm-eval's own prompts
         "split": None,  # each task's (the offline copies: validation; gsm8k: test)
         "limit": options.limit,
+        "skip": options.skip,
         "batch_size": options.batch_size,
         "max_new_tokens": None,
         "scoring": "harness",
