@@ -17,6 +17,7 @@ import pyreft
 import torch
 from check_pyreft import reload_fp32
 from flops import step_flops
+from pyreft_speed import batch_of
 from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
 
 
@@ -43,16 +44,8 @@ def main() -> None:
     params = [p for i in reft_model.interventions.values() for p in i.parameters()]
     optimizer = torch.optim.AdamW(params, lr=spec["learning_rate"], weight_decay=0.0)
     scheduler = get_scheduler("linear", optimizer, 0, spec["steps"])
-    examples = spec["examples"]
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), spec["pad_id"])
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, e in enumerate(examples):
-        n, p = len(e["input_ids"]), e["prompt_length"]
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        mask[i, :n] = 1
-        labels[i, p:n] = ids[i, p:n]
+    batch = batch_of(spec["examples"], spec["pad_id"])  # the padding reft's side starts from
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
 
     def step() -> torch.Tensor:
         _, out = reft_model(

@@ -176,7 +176,7 @@ def _same_run(recorded: dict[str, Any], current: dict[str, Any], defaults: dict[
     if set(recorded) - set(current):
         return False
     for key, value in current.items():
-        default = defaults.get(key) if isinstance(defaults, dict) else None
+        default = defaults.get(key)
         if key not in recorded:
             if value != default:
                 return False
