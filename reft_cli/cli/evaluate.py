@@ -54,7 +54,7 @@ def eval_(
         None,
         "--harness",
         help="Comma-separated lm-evaluation-harness tasks, scored by lm-eval itself with its own "
-        "prompts (needs reft[harness]); offline copies of piqa, arc_easy, arc_challenge, "
+        "prompts (needs lm-eval, the harness extra); offline copies of piqa, arc_easy, arc_challenge, "
         "hellaswag, winogrande, boolq, openbookqa, sciq, copa, gsm8k.",
     ),
     hub_tasks: bool = typer.Option(

@@ -15,10 +15,17 @@ def sweep(
         ..., "--space", help="Search space YAML: key: {low, high} or {choices}."
     ),
     trials: int = typer.Option(10, "--trials", min=1, help="Trials the study should hold in all."),
-    study: str | None = typer.Option(None, "--study", help="Study name [the config's file name]."),
-    storage: Path | None = typer.Option(None, "--storage", help="SQLite file [OUT/study.db]."),
+    study: str | None = typer.Option(
+        None, "--study", help="Study name (default: the config's file name)."
+    ),
+    storage: Path | None = typer.Option(
+        None, "--storage", help="SQLite file (default: OUT/study.db)."
+    ),
     budget_minutes: float | None = typer.Option(
-        None, "--budget-minutes", min=0, help="Start no new trial after this many minutes."
+        None,
+        "--budget-minutes",
+        min=0,
+        help="Start no new trial after this many minutes (a running trial finishes).",
     ),
     prune: bool = typer.Option(
         True, "--prune/--no-prune", help="Stop trials trailing the median at an evaluation."

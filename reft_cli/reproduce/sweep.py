@@ -7,8 +7,8 @@ rows, so picking the best trial cannot leak the test into the choice. The study 
 file (default OUT/study.db), which is the sweep's record: running the same command again loads it
 and continues the trial count; trials an interrupted run left running are marked failed.
 A trial whose config is invalid or whose training fails (a ReftError, a non-finite loss) is
-recorded as failed and the sweep goes on. Pruning is not done: the trainer evaluates only at its
-eval points and exposes no intermediate values to report cheaply.
+recorded as failed and the sweep goes on. At each of the trainer's evaluations a trial reports its
+selection value, and Optuna's median pruner stops one that trails the completed trials there.
 
     result = run_sweep(SweepOptions(Path("configs/glue-mini.yaml"), Path("space.yaml"), Path("out/s")), console)
 """

@@ -83,3 +83,22 @@ def test_bad_positions_is_a_one_line_error(tmp_path, positions):
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
+
+
+def test_help_texts_keep_their_brackets():
+    """rich reads `[word]` in a help text as a markup tag and drops it: no option's help loses text."""
+    import click
+    import typer.main
+    from rich.markup import render
+
+    from reft_cli.cli.app import app
+
+    lost = []
+    for name, command in typer.main.get_command(app).commands.items():
+        group = isinstance(command, click.Group)
+        for sub_name, sub in command.commands.items() if group else [(name, command)]:
+            for param in sub.params:
+                text = getattr(param, "help", None) or ""
+                if render(text).plain != text.replace("\\[", "["):
+                    lost.append(f"{sub_name} {param.name}: {text}")
+    assert lost == []
