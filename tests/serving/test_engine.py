@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import pytest
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from reft_cli.config.schema import GenerateConfig
 from reft_cli.data.examples import left_padded
 from reft_cli.engine.loading import Placement, load_adapters
 from reft_cli.generation.server.engine import Engine, Sampling
 from reft_cli.generation.server.pending import Pending
+from reft_cli.generation.server.sampler import Penalties
 from tests.serving.conftest import MAX_TOKENS, PROMPTS
 
 GREEDY = Sampling(temperature=0.0)
@@ -181,3 +184,81 @@ def test_logprobs_are_the_log_softmax_of_the_models_logits(loaded):
     assert torch.allclose(got_top, top, atol=1e-4)
     decode = loaded.tokenizer.decode
     assert [e.token for e in choice.logprobs] == [decode([t]) for t in choice.tokens]
+
+
+class _OpenAIPenalties(LogitsProcessor):
+    """The OpenAI presence and frequency penalties row by row, over the tokens after the prompt:
+    an independent reference for the engine's batched ones."""
+
+    def __init__(self, prompt_length: int, presence: float, frequency: float) -> None:
+        self.start, self.presence, self.frequency = prompt_length, presence, frequency
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        for row, ids in enumerate(input_ids.tolist()):
+            for token, count in Counter(ids[self.start :]).items():
+                scores[row, token] -= self.frequency * count + self.presence
+        return scores
+
+
+def generate_penalized(loaded, prompt, adapter, max_tokens, repetition, presence, frequency):
+    """Greedy tokens from transformers' generate with its repetition penalty and the reference."""
+    ids = loaded.tokenizer(prompt)["input_ids"]
+    batch = left_padded([ids], loaded.tokenizer.pad_token_id)
+    config = GenerateConfig(max_new_tokens=max_tokens, repetition_penalty=repetition)
+    out = loaded.generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        [adapter],
+        logits_processor=LogitsProcessorList([_OpenAIPenalties(len(ids), presence, frequency)]),
+        **config.kwargs(loaded.tokenizer.pad_token_id),
+    )
+    tokens = out[0, len(ids) :].tolist()
+    eos = loaded.tokenizer.eos_token_id
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def test_penalized_rows_beside_plain_ones_equal_generate_with_the_same_penalties(loaded):
+    settings = [(1.0, 0.0, 0.0), (1.8, 0.0, 0.0), (1.0, 1.5, 0.0), (1.0, 0.0, 0.3), (1.3, 0.5, 1.0)]
+    cases = [
+        (PROMPTS[i], adapter, s)
+        for i, adapter in enumerate(["emoji", "math"] * 3)
+        for s in settings
+    ][:: len(settings) - 1]  # each setting on a different prompt and adapter
+    cases += [(PROMPTS[0], "emoji", s) for s in settings]  # and every setting on one row
+    max_tokens = 30
+
+    async def body(engine):
+        first = pending(loaded, PROMPTS[3], "math", 5)  # a plain batch that penalized rows join
+        engine.submit(first.rows)
+        pendings = [
+            pending(loaded, p, a, max_tokens, Sampling(0.0, 1.0, 0, None, *s)) for p, a, s in cases
+        ]
+        for item in pendings:
+            engine.submit(item.rows)
+        await first.result()
+        return [(await item.result())[0].tokens for item in pendings]
+
+    answers = serve(loaded, body, max_batch_size=4)
+    expected = [generate_penalized(loaded, p, a, max_tokens, *s) for p, a, s in cases]
+    assert answers == expected
+    plain = generate(loaded, PROMPTS[0], "emoji", max_tokens)
+    assert sum(tokens != plain for tokens in answers[-len(settings) + 1 :]) >= 3  # they bite
+
+
+def test_penalties_follow_transformers_and_openai_rules_on_known_logits():
+    # Row 0: repetition 2 over prompt tokens {0, 1}; row 1: presence 0.5, frequency 0.25.
+    ids = torch.tensor([[0, 1, 3], [3, 3, 3]])
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])  # row 0's token 3 is padding
+    penalties = Penalties.of([(2.0, 0.0, 0.0), (1.0, 0.5, 0.25)], ids, mask, vocab=4)
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 1.0]])
+    first = penalties.apply(logits)
+    assert torch.equal(first[0], torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    assert torch.equal(first[1], logits[1])  # the prompt does not count for OpenAI's penalties
+    penalties.record(torch.tensor([2, 1]))
+    penalties.record(torch.tensor([0, 1]))
+    again = penalties.apply(logits)
+    assert torch.equal(again[0], torch.tensor([1.0, -2.0, 0.25, 3.0]))  # 2 is now seen too
+    assert torch.equal(again[1], torch.tensor([1.0, 1.0 - 0.5 - 2 * 0.25, 1.0, 1.0]))
+    both = Penalties.join(penalties.select(torch.tensor([1])), 1, None, 2)
+    assert both is not None and torch.equal(both.apply(logits[[1, 0, 0]])[1:], logits[[0, 0]])

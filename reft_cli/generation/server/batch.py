@@ -18,7 +18,7 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from reft_cli.generation.server.sampler import Draws
+from reft_cli.generation.server.sampler import Draws, Penalties
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Batch:
     limits: Tensor  # (B,) max_tokens
     draws: Draws
     logprobs: int = 0  # the most top log-probabilities any row wants (0: none computed)
+    penalties: Penalties | None = None  # None: no row has a penalty
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -58,6 +59,8 @@ class Batch:
         self.counts, self.limits = self.counts[index], self.limits[index]
         self.draws = draws
         self.logprobs = max((r.logprobs for r in rows), default=0)
+        if self.penalties is not None:
+            self.penalties = self.penalties.select(index)
         start = int(self.mask.any(dim=0).int().argmax())
         if start:
             self.mask = self.mask[:, start:]
@@ -71,6 +74,7 @@ class Batch:
             mine.keys = torch.cat([_pad(mine.keys, width), _pad(theirs.keys, width)])
             mine.values = torch.cat([_pad(mine.values, width), _pad(theirs.values, width)])
         self.mask = torch.cat([_pad(self.mask, width), _pad(other.mask, width)])
+        self.penalties = Penalties.join(self.penalties, len(self), other.penalties, len(other))
         self.rows = self.rows + other.rows
         self.positions = torch.cat([self.positions, other.positions])
         self.last = torch.cat([self.last, other.last])

@@ -35,7 +35,7 @@ from reft_cli.engine.loading import LoadedModel
 from reft_cli.engine.reft_model import BASE, ReftModel
 from reft_cli.generation.server.batch import Batch
 from reft_cli.generation.server.errors import ApiError
-from reft_cli.generation.server.sampler import Draws, next_tokens, top_logprobs
+from reft_cli.generation.server.sampler import Draws, Penalties, next_tokens, top_logprobs
 from reft_cli.training.loss import cache_argument, takes_logits_to_keep
 
 Deliver = Callable[[str, Any], None]  # (event, payload), called on the event loop
@@ -50,6 +50,15 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    repetition_penalty: float = 1.0  # transformers' and vLLM's: prompt and answer tokens
+    presence_penalty: float = 0.0  # OpenAI's: answer tokens
+    frequency_penalty: float = 0.0
+
+    @property
+    def penalties(self) -> tuple[float, float, float] | None:
+        """(repetition, presence, frequency), or None when none applies."""
+        found = (self.repetition_penalty, self.presence_penalty, self.frequency_penalty)
+        return None if found == (1.0, 0.0, 0.0) else found
 
 
 @dataclass(eq=False)
@@ -273,7 +282,8 @@ class Engine:
             )
         logits = out.logits[:, -1].float()
         draws = _draws(rows, device)
-        tokens = next_tokens(logits, draws)
+        penalties = _penalties(rows, ids, mask, logits.shape[-1])
+        tokens = _choose(logits, draws, penalties)
         batch = Batch(
             rows,
             cache,
@@ -284,6 +294,7 @@ class Engine:
             limits=torch.tensor([r.max_tokens for r in rows], device=device),
             draws=draws,
             logprobs=max(r.logprobs for r in rows),
+            penalties=penalties,
         )
         self._emit(batch, logits, tokens)
         return batch
@@ -316,7 +327,7 @@ class Engine:
             self._fail(batch.rows, err)
             return
         logits = out.logits[:, -1].float()
-        tokens = next_tokens(logits, batch.draws)
+        tokens = _choose(logits, batch.draws, batch.penalties)
         batch.positions += 1
         batch.counts += 1
         batch.last = tokens
@@ -387,6 +398,23 @@ def _draw(row: Row, device: torch.device) -> tuple:
 
 def _draws(rows: list[Row], device: torch.device) -> Draws:
     return Draws.of([r._draw for r in rows], device)
+
+
+def _penalties(rows: list[Row], ids: Tensor, mask: Tensor, vocab: int) -> Penalties | None:
+    """The new rows' penalties over their prompts, or None when no row has one."""
+    settings = [r.sampling.penalties for r in rows]
+    if all(s is None for s in settings):
+        return None
+    return Penalties.of([s or (1.0, 0.0, 0.0) for s in settings], ids, mask, vocab)
+
+
+def _choose(logits: Tensor, draws: Draws, penalties: Penalties | None) -> Tensor:
+    """The next tokens from raw logits (log-probabilities are reported from the raw ones)."""
+    if penalties is None:
+        return next_tokens(logits, draws)
+    tokens = next_tokens(penalties.apply(logits), draws)
+    penalties.record(tokens)
+    return tokens
 
 
 def _run_call(fn: Callable[[], Any], future: Future) -> None:

@@ -25,13 +25,9 @@ ROLES = ("system", "developer", "user", "assistant")
 UNSUPPORTED_COMPLETIONS = {
     "echo": (False, None),
     "suffix": (None, ""),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
 }
 UNSUPPORTED_CHAT = {
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
     "tools": (None, []),
     "functions": (None, []),
@@ -167,7 +163,18 @@ def _job(
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad_request("stream_options must be an object", "stream_options")
-    sampling = Sampling(temperature, top_p, max(top_k, 0), seed if temperature else None)
+    repetition = _number(body, "repetition_penalty", 1.0, 0.0, 10.0)
+    if repetition == 0:
+        raise bad_request("repetition_penalty must be above 0 (1: none)", "repetition_penalty")
+    sampling = Sampling(
+        temperature,
+        top_p,
+        max(top_k, 0),
+        seed if temperature else None,
+        repetition,
+        _number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        _number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+    )
     return Job(
         model,
         adapter,

@@ -4,11 +4,14 @@ Greedy rows take the arg-max. Sampled rows apply temperature, then top-k, then t
 order, so a row samples from the distribution `generate` would) and draw by an exponential race:
 arg-max of p / E with E ~ Exp(1) picks token i with probability p_i. Each row's noise comes from its
 own generator when it has a seed, so its draws depend on its seed alone, not on the rows beside it.
+Penalties come first, as in transformers and vLLM: the repetition penalty divides a positive logit
+(multiplies a negative one) of every token in the prompt or the answer so far, then the OpenAI
+presence and frequency penalties subtract from the tokens of the answer so far.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -39,6 +42,67 @@ class Draws:
             torch.tensor([s[2] for _, s in picked], dtype=torch.long, device=device),
             [s[3] for _, s in picked],
         )
+
+
+@dataclass
+class Penalties:
+    """Per-row penalty settings and the token statistics they read, for a batch's rows (a batch
+    where no row has a penalty carries none, and pays nothing)."""
+
+    repetition: Tensor  # (B,) float, 1: none
+    presence: Tensor  # (B,) float
+    frequency: Tensor  # (B,) float
+    seen: Tensor  # (B, V) bool: in the prompt or the answer so far
+    counts: Tensor  # (B, V) float: times in the answer so far
+
+    @classmethod
+    def of(
+        cls, settings: list[tuple[float, float, float]], ids: Tensor, mask: Tensor, vocab: int
+    ) -> Penalties:
+        """From (repetition, presence, frequency) per row and the rows' padded prompts."""
+        values = torch.tensor(settings, dtype=torch.float32, device=ids.device)
+        in_prompt = torch.zeros(len(settings), vocab, device=ids.device)
+        in_prompt.scatter_add_(1, ids, mask.to(in_prompt.dtype))
+        counts = torch.zeros_like(in_prompt)
+        return cls(values[:, 0], values[:, 1], values[:, 2], in_prompt > 0, counts)
+
+    def apply(self, logits: Tensor) -> Tensor:
+        """(B, V) logits with each row's penalties applied."""
+        repetition = self.repetition[:, None]
+        damped = torch.where(logits > 0, logits / repetition, logits * repetition)
+        logits = torch.where(self.seen, damped, logits)
+        used = (self.counts > 0).to(logits.dtype)
+        return logits - self.frequency[:, None] * self.counts - self.presence[:, None] * used
+
+    def record(self, tokens: Tensor) -> None:
+        """Count each row's newly chosen token."""
+        rows = torch.arange(len(tokens), device=tokens.device)
+        self.counts[rows, tokens] += 1
+        self.seen[rows, tokens] = True
+
+    def select(self, index: Tensor) -> Penalties:
+        return Penalties(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    @staticmethod
+    def join(
+        first: Penalties | None, size: int, second: Penalties | None, other: int
+    ) -> Penalties | None:
+        """Two batches' penalties (`size` and `other` rows) as one; a side without any gets
+        neutral rows. None when neither side has penalties."""
+        known = first or second
+        if known is None:
+            return None
+        vocab, device = known.seen.shape[1], known.seen.device
+        first = first or Penalties.neutral(size, vocab, device)
+        second = second or Penalties.neutral(other, vocab, device)
+        return Penalties(
+            *(torch.cat([getattr(first, f.name), getattr(second, f.name)]) for f in fields(first))
+        )
+
+    @staticmethod
+    def neutral(size: int, vocab: int, device: torch.device) -> Penalties:
+        ids = torch.zeros(size, 1, dtype=torch.long, device=device)
+        return Penalties.of([(1.0, 0.0, 0.0)] * size, ids, torch.zeros_like(ids), vocab)
 
 
 def next_tokens(logits: Tensor, draws: Draws) -> Tensor:
