@@ -216,7 +216,8 @@ class Trainer:
             self.accelerator.init_trackers("reft", config=flat_config(self.run.to_dict()))
         self.model.train()
         self.loop_start = time.perf_counter()
-        bar = progress_bar(self.console, disable=not self.main)
+        # Without a terminal the progress lines say it all; a live bar would only print its last frame.
+        bar = progress_bar(self.console, disable=not (self.main and self.console.is_terminal))
         try:
             with bar:
                 task = bar.add_task(

@@ -476,10 +476,11 @@ def test_without_a_terminal_each_logged_step_prints_a_plain_line(llama_dir, data
     assert [line.split()[2] for line in lines] == ["2/4", "4/4"]
     for line, step in zip(lines, (2, 4), strict=True):
         assert f"loss {losses[step]:.4f}" in line and "it/s ETA" in line
+    assert "━" not in out.getvalue()  # nor the bar's last frame
 
 
 def test_a_terminal_gets_the_bar_and_no_plain_lines(llama_dir, data_file, tmp_path):
     out = io.StringIO()
     run = config(llama_dir, data_file, tmp_path / "run", max_steps=2, logging_steps=1)
     Trainer(run, Console(file=out, width=200, force_terminal=True)).train()
-    assert "train step" not in out.getvalue()
+    assert "train step" not in out.getvalue() and "━" in out.getvalue()
