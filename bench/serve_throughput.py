@@ -2,25 +2,32 @@
 row on one adapter, and rows spread over 4 and 16 adapters, then the same mix over 16 PEFT LoRA
 adapters of about the same parameter count in PEFT's mixed-adapter generate; measured in one run.
 
-All requests are submitted at once to an in-process engine (the worker thread `reft serve` runs,
-without HTTP): the engine admits rows between decode steps up to --max-batch-size (continuous
-batching). PEFT has no server, so its rows run as static batches of --max-batch-size through
-`generate(adapter_names=...)`; the base model through the same static batches is printed as its
-reference. Greedy decoding, end-of-text ignored so every row generates exactly --max-tokens.
-Printed: completion tokens per second and the ratio to the engine's base model, p50/p95 time to
-first token (from submission), and the batch sizes the engine's decode steps ran at. Adapters are
-random (their weights do not matter for speed), saved to a temporary folder and loaded through the
-one loader.
+Requests go to an in-process engine (the worker thread `reft serve` runs, without HTTP), all at
+once or, with --arrivals R, at R requests a second on average (seeded Poisson arrivals, the same
+schedule for every mix): the engine admits rows between decode steps up to --max-batch-size
+(continuous batching). PEFT has no server, so its rows run as static batches of at most
+--max-batch-size through `generate(adapter_names=...)`, each batch taking the requests that have
+arrived when the previous one ends; the base model through the same static batches is printed as
+its reference. Greedy decoding, end-of-text ignored so every row generates exactly --max-tokens.
+Printed: completion tokens per second (per CPU second of the process with --cpu-time, which other
+jobs on the machine disturb far less than wall time; use it with --threads 1) and the ratio to the
+engine's base model, p50/p95 time to first token (wall time from each request's arrival), and the
+batch sizes the engine's decode steps ran at. Adapters are random (their weights do not matter for
+speed), saved to a temporary folder and loaded through the one loader.
 
     python bench/serve_throughput.py [--model smollm2-135m-instruct] [--requests 64] [--max-tokens 32]
+    python bench/serve_throughput.py --threads 1 --cpu-time        # steadier on a busy machine
+    python bench/serve_throughput.py --arrivals 2 --no-peft        # staggered: first-token times
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,8 +77,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def run_mix(engine: Engine, names: list[str], requests: int, max_tokens: int) -> dict:
-    """`requests` prompts, request i on names[i % len]: tokens/s, first-token times, batch sizes."""
+def arrival_times(requests: int, rate: float | None) -> list[float]:
+    """Seconds after the start at which each request arrives: all at 0, or Poisson at `rate`/s."""
+    if not rate:
+        return [0.0] * requests
+    draw, at, times = random.Random(0), 0.0, []
+    for _ in range(requests):
+        times.append(at)
+        at += draw.expovariate(rate)
+    return times
+
+
+async def run_mix(
+    engine: Engine, names: list[str], arrivals: list[float], max_tokens: int, clock: Callable
+) -> dict:
+    """Request i on names[i % len], arriving at arrivals[i]: tokens/s, first-token times, batch
+    sizes."""
     tokenizer = engine.loaded.tokenizer
     pendings = [
         Pending(
@@ -84,19 +105,21 @@ async def run_mix(engine: Engine, names: list[str], requests: int, max_tokens: i
             [],
             False,
         )
-        for i in range(requests)
+        for i in range(len(arrivals))
     ]
     engine.batch_sizes.clear()
-    start = time.perf_counter()
-    submitted = time.monotonic()
-    for pending in pendings:
+    start, began = clock(), time.monotonic()
+    submitted = []
+    for at, pending in zip(arrivals, pendings, strict=True):
+        await asyncio.sleep(max(0.0, began + at - time.monotonic()))
+        submitted.append(time.monotonic())
         engine.submit(pending.rows)
     await asyncio.gather(*(p.result() for p in pendings))
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     steps = engine.batch_sizes
     return {
         "rate": sum(p.completion_tokens for p in pendings) / elapsed,
-        "ttft": [p.first_token_at - submitted for p in pendings],
+        "ttft": [p.first_token_at - t for p, t in zip(pendings, submitted, strict=True)],
         "batch": (sum(k * v for k, v in steps.items()) / sum(steps.values()), max(steps)),
     }
 
@@ -108,16 +131,17 @@ async def measure(args: argparse.Namespace, adapters: dict, peft_runs: dict | No
     # make the mixes' token counts differ for reasons that are not speed.
     loaded.base_model.generation_config.eos_token_id = None
     engine = Engine(loaded, args.max_batch_size, max_queue=args.requests * 4)
+    arrivals, clock = arrival_times(args.requests, args.arrivals), clocks(args)
     engine.eos = set()
     engine.start(asyncio.get_running_loop())
     names = [f"a{i}" for i in range(ADAPTERS)]
     mixes = {"base model": ["base"], "one adapter": names[:1], "4 adapters": names[:4]}
     mixes["16 adapters"] = names
-    await run_mix(engine, ["base"], args.max_batch_size, 4)  # warm-up
+    await run_mix(engine, ["base"], [0.0] * args.max_batch_size, 4, clock)  # warm-up
     results: dict[str, list[dict]] = {name: [] for name in [*mixes, *(peft_runs or {})]}
     for _ in range(args.repeats):
         for name, mix in mixes.items():
-            results[name].append(await run_mix(engine, mix, args.requests, args.max_tokens))
+            results[name].append(await run_mix(engine, mix, arrivals, args.max_tokens, clock))
         for name, run in (peft_runs or {}).items():
             results[name].append(run())
     engine.close()
@@ -171,13 +195,21 @@ def peft_runs(args: argparse.Namespace, layers: list[int], reft_size: int) -> di
     names = [f"l{i % ADAPTERS}" for i in range(args.requests)]
     size = args.max_batch_size
 
+    arrivals, clock = arrival_times(args.requests, args.arrivals), clocks(args)
+
     def run(adapter_names: list[str] | None) -> dict:
-        submitted, ttft, tokens = time.monotonic(), [], 0
-        start = time.perf_counter()
-        for at in range(0, len(rows), size):
-            batch = left_padded(rows[at : at + size], pad)
+        ttft, tokens, at, sizes = [], 0, 0, []
+        start, began = clock(), time.monotonic()
+        while at < len(rows):
+            # A static batch takes every request that has arrived (at least the next one).
+            time.sleep(max(0.0, began + arrivals[at] - time.monotonic()))
+            now = time.monotonic() - began
+            end = at + 1
+            while end < min(len(rows), at + size) and arrivals[end] <= now:
+                end += 1
+            batch = left_padded(rows[at:end], pad)
             first = FirstToken()
-            kwargs = {"adapter_names": adapter_names[at : at + size]} if adapter_names else {}
+            kwargs = {"adapter_names": adapter_names[at:end]} if adapter_names else {}
             with torch.no_grad():
                 out = model.generate(
                     input_ids=batch["input_ids"].to(device),
@@ -189,9 +221,11 @@ def peft_runs(args: argparse.Namespace, layers: list[int], reft_size: int) -> di
                     **kwargs,
                 )
             tokens += (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
-            ttft += [first.at - submitted] * out.shape[0]
-        rate = tokens / (time.perf_counter() - start)
-        return {"rate": rate, "ttft": ttft, "batch": (size, size)}
+            ttft += [first.at - began - arrivals[i] for i in range(at, end)]
+            sizes.append(end - at)
+            at = end
+        rate = tokens / (clock() - start)
+        return {"rate": rate, "ttft": ttft, "batch": (sum(sizes) / len(sizes), max(sizes))}
 
     def base_run() -> dict:
         with model.disable_adapter():
@@ -199,6 +233,11 @@ def peft_runs(args: argparse.Namespace, layers: list[int], reft_size: int) -> di
 
     base_run()  # warm-up
     return {"PEFT 16 LoRA": lambda: run(names), "static base model": base_run}
+
+
+def clocks(args: argparse.Namespace) -> Callable[[], float]:
+    """The clock tokens per second are taken on: the process's CPU seconds, or wall seconds."""
+    return time.process_time if args.cpu_time else time.perf_counter
 
 
 def main() -> None:
@@ -211,16 +250,24 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--arrivals", type=float, help="requests a second [all at once]")
+    parser.add_argument("--threads", type=int, help="torch threads [torch's default]")
+    parser.add_argument("--cpu-time", action="store_true", help="tokens per CPU second, not wall")
     parser.add_argument("--no-peft", action="store_true", help="skip the PEFT LoRA comparison")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         adapters, reft_size = make_adapters(args.model, Path(tmp), layers, args.positions)
         peft = None if args.no_peft else peft_runs(args, layers, reft_size)
         results = asyncio.run(measure(args, adapters, peft))
+    arriving = f"at {args.arrivals:g}/s" if args.arrivals else "at once"
+    per = "CPU second" if args.cpu_time else "second"
     print(
-        f"{args.model} on {resolve_device(args.device)}: {args.requests} requests at once, "
-        f"{args.max_tokens} new tokens each, batch {args.max_batch_size}, best of {args.repeats}"
+        f"{args.model} on {resolve_device(args.device)}, {torch.get_num_threads()} thread(s): "
+        f"{args.requests} requests {arriving}, {args.max_tokens} new tokens each, batch "
+        f"{args.max_batch_size}, best of {args.repeats}; tokens per {per}"
     )
     best = {name: max(runs, key=lambda r: r["rate"]) for name, runs in results.items()}
     reference = best["base model"]["rate"]

@@ -8,10 +8,13 @@ read that copy in well under a second. `all-minilm-l6-v2` is the BERT encoder in
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import io
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,25 +87,30 @@ def resolve(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _dequantize(folder: Path, gguf_file: str, target: Path, name: str) -> None:
-    """Load a GGUF once, drop its quantizer marker, and save a plain fp32 copy atomically."""
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    # transformers refuses to save a model that still carries its GGUF quantizer; the weights are
-    # already de-quantized fp32, so dropping the marker saves exactly what was loaded.
-    model.hf_quantizer = None
-    del model.config.quantization_config
-    model.config._name_or_path = name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():  # another process did not win the race either
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Load a GGUF once, drop its quantizer marker, and save a plain fp32 copy atomically.
+
+    transformers draws its own tqdm bars (over the tensors, then the shards), with no switch to
+    turn them off, so its stderr is held back while it works and one line says what happens."""
+    print(f"de-quantizing {name} once (about 15 s), cached in {target}", file=sys.stderr)
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        # transformers refuses to save a model that still carries its GGUF quantizer; the weights
+        # are already de-quantized fp32, so dropping the marker saves exactly what was loaded.
+        model.hf_quantizer = None
+        del model.config.quantization_config
+        model.config._name_or_path = name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process did not win the race
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_model(

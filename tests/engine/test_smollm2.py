@@ -22,6 +22,18 @@ def smollm2():
 
 
 @needs_smollm2
+def test_the_first_load_says_it_dequantizes_in_one_line_without_a_library_bar(
+    tmp_path, monkeypatch, capfd
+):
+    monkeypatch.setenv("REFT_CACHE", str(tmp_path))
+    path, _ = base_models.resolve(MODEL)
+    err = capfd.readouterr().err
+    assert err.splitlines() == [f"de-quantizing {MODEL} once (about 15 s), cached in {path}"]
+    assert (Path(path) / "config.json").is_file()
+    assert [p.name for p in tmp_path.joinpath("models").iterdir()] == [Path(path).name]
+
+
+@needs_smollm2
 def test_later_loads_read_the_cached_fp32_copy_and_never_dequantize(smollm2, monkeypatch):
     def dequantize(*args):
         raise AssertionError("the GGUF was de-quantized again")
