@@ -5,8 +5,11 @@ Each subcommand lives in its own module, parses its arguments and calls one func
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.text import Text
@@ -39,16 +42,28 @@ def _root() -> None:
     """Representation Finetuning (ReFT) of language models."""
 
 
-app.command(context_settings={"allow_extra_args": False})(train.train)
+def _help(command: Callable[..., None]) -> str:
+    """A command's docstring with each prose paragraph on one line. typer's rich help keeps a
+    docstring's line breaks, so a paragraph wrapped in the source would break again, mid-line, at
+    the terminal's width. Paragraphs with indented lines (examples) stay as written."""
+    paragraphs = inspect.cleandoc(command.__doc__ or "").split("\n\n")
+    return "\n\n".join(p if "\n " in p else " ".join(p.split()) for p in paragraphs)
+
+
+def _add(command: Callable[..., None], name: str, **settings: Any) -> None:
+    app.command(name, help=_help(command), **settings)(command)
+
+
+_add(train.train, "train", context_settings={"allow_extra_args": False})
 app.add_typer(configs.configs_app, name="configs")
-app.command()(smoke.smoke)
-app.command()(generate.generate)
-app.command("eval")(evaluate.eval_)
-app.command("export")(export.export)
-app.command("import")(import_pyreft.import_)
-app.command("reproduce")(reproduce.reproduce_)
-app.command("serve")(serve.serve)
-app.command("sweep")(sweep.sweep)
+_add(smoke.smoke, "smoke")
+_add(generate.generate, "generate")
+_add(evaluate.eval_, "eval")
+_add(export.export, "export")
+_add(import_pyreft.import_, "import")
+_add(reproduce.reproduce_, "reproduce")
+_add(serve.serve, "serve")
+_add(sweep.sweep, "sweep")
 
 
 def main() -> None:

@@ -85,6 +85,18 @@ def test_bad_positions_is_a_one_line_error(tmp_path, positions):
     assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
 
 
+def test_help_paragraphs_wrap_once_at_the_terminals_width():
+    """A docstring paragraph wrapped in the source must not break again mid-line in --help."""
+    from typer.testing import CliRunner
+
+    from reft_cli.cli.app import app
+
+    out = CliRunner().invoke(app, ["reproduce", "--help"], env={"COLUMNS": "200"}).output
+    lines = [line.strip() for line in out.splitlines()]
+    assert any(line.endswith("so running it again picks up where it stopped.") for line in lines)
+    assert "reft reproduce recipes/offline-glue.yaml" in lines  # examples keep their lines
+
+
 def test_help_texts_keep_their_brackets():
     """rich reads `[word]` in a help text as a markup tag and drops it: no option's help loses text."""
     import click
