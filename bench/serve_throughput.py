@@ -131,7 +131,7 @@ async def measure(args: argparse.Namespace, adapters: dict, peft_runs: dict | No
     # make the mixes' token counts differ for reasons that are not speed.
     loaded.base_model.generation_config.eos_token_id = None
     engine = Engine(loaded, args.max_batch_size, max_queue=args.requests * 4)
-    arrivals, clock = arrival_times(args.requests, args.arrivals), clocks(args)
+    arrivals, clock = arrival_times(args.requests, args.arrivals), rate_clock(args)
     engine.eos = set()
     engine.start(asyncio.get_running_loop())
     names = [f"a{i}" for i in range(ADAPTERS)]
@@ -195,7 +195,7 @@ def peft_runs(args: argparse.Namespace, layers: list[int], reft_size: int) -> di
     names = [f"l{i % ADAPTERS}" for i in range(args.requests)]
     size = args.max_batch_size
 
-    arrivals, clock = arrival_times(args.requests, args.arrivals), clocks(args)
+    arrivals, clock = arrival_times(args.requests, args.arrivals), rate_clock(args)
 
     def run(adapter_names: list[str] | None) -> dict:
         ttft, tokens, at, sizes = [], 0, 0, []
@@ -235,7 +235,7 @@ def peft_runs(args: argparse.Namespace, layers: list[int], reft_size: int) -> di
     return {"PEFT 16 LoRA": lambda: run(names), "static base model": base_run}
 
 
-def clocks(args: argparse.Namespace) -> Callable[[], float]:
+def rate_clock(args: argparse.Namespace) -> Callable[[], float]:
     """The clock tokens per second are taken on: the process's CPU seconds, or wall seconds."""
     return time.process_time if args.cpu_time else time.perf_counter
 
