@@ -7,7 +7,8 @@ schedule, gradient clipping at 1.0, as in transformers' Trainer) and the same in
 weights: reft's initial adapter, exported with `reft export --format pyreft` and loaded by
 pyreft.ReftModel.load, so the first losses must agree. Each side trains in its own process (its
 peak resident memory is its own), the two alternate, round after round. A step is reft's training
-step as the Trainer runs it (frozen-state cache, packing, lm head on targets) and pyreft's as its
+step as the Trainer runs it (frozen-state cache, packing with grouped attention, lm head on
+targets fused with the loss) and pyreft's as its
 ReftTrainer.compute_loss runs it. Every step after the first trains the same rows again, as later
 epochs do (the quick start's ten examples are one batch); the first step, which fills reft's cache,
 is printed apart. Each side also counts the FLOPs of one more step (bench/flops.py): their ratio is
@@ -167,6 +168,7 @@ def train_reft(folder: Path) -> dict:
 
     from reft_cli.engine.base_models import load_model
     from reft_cli.engine.reft_model import ReftModel
+    from reft_cli.training.fused_head import FusedHead
     from reft_cli.training.loss import loss_sum
     from reft_cli.training.packing import Packer, key_budget
     from reft_cli.training.prefix_cache import PrefixCache
@@ -182,18 +184,22 @@ def train_reft(folder: Path) -> dict:
     scheduler = get_scheduler("linear", optimizer, 0, spec["steps"])
     packer = Packer(model, head_on_targets=True, required=False)
     cache = PrefixCache(model, 2**31, head_on_targets=True, packer=packer)
+    with model.disable_adapter():
+        fused = FusedHead(model.model)
+    assert fused.on, "the head did not fuse"
     examples = spec["examples"]
-    keys = {i: len(e["input_ids"]) for i, e in enumerate(examples)}  # as the Trainer splits
+    keys = {i: len(e["input_ids"]) for i, e in enumerate(examples)}  # as the Trainer groups
     groups = split_by_keys([list(keys)], keys, key_budget(model))
-    parts = [batch_of([examples[i] for i in rows], spec["pad_id"], rows) for rows in groups]
+    order = [row for group in groups for row in group]  # one call, attending in groups
+    part = batch_of([examples[i] for i in order], spec["pad_id"], order)
     count = sum(len(e["input_ids"]) - e["prompt_length"] for e in examples)
 
     def step() -> torch.Tensor:
-        loss = torch.zeros(())
-        for part in parts:
-            summed, _ = loss_sum(*cache.forward(model, part), "causal_lm")
-            (summed / count).backward()
-            loss = loss + summed.detach() / count
+        with fused.deferred():
+            outputs, targets = cache.forward(model, part)
+        summed, _ = loss_sum(outputs, targets, "causal_lm", fused)
+        (summed / count).backward()
+        loss = summed.detach() / count
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -207,7 +213,10 @@ def train_reft(folder: Path) -> dict:
         seconds.append(clock() - start)
         losses.append(loss.item())
     flops = step_flops(step)  # one more step, after the timed ones, so it changes none of them
-    note = f"{cache.describe()}; {len(groups)} packed groups of at most {key_budget(model)} keys"
+    note = (
+        f"{cache.describe()}; one packed call attending in {len(groups)} groups of at most "
+        f"{key_budget(model)} keys; head fused with the loss"
+    )
     return {"seconds": seconds, "losses": losses, "flops": flops, "note": note}
 
 

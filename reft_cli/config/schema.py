@@ -245,12 +245,14 @@ class TrainConfig:
     # Speed-ups that keep the losses and gradients of the plain path (false turns one off for
     # debugging): reuse the frozen prefix (tokens before the first intervened position) and the
     # input to the lowest intervened layer across epochs, in RAM then on disk within budgets; run
-    # the lm head on response positions only; group a step's rows by length into micro-batches.
+    # the lm head on response positions only, fused with the loss in chunks of positions; group a
+    # step's rows by length into micro-batches.
     cache_frozen_prefix: bool = option(True)
     cache_frozen_layers: bool = option(True)
     frozen_cache_budget_mb: int = option(2048, NON_NEGATIVE)
     frozen_cache_disk_mb: int = option(0, NON_NEGATIVE)
     lm_head_on_targets: bool = option(True)
+    fused_head_loss: bool = option(True)
     group_by_length: bool = option(True)
     # Rows of a micro-batch as one sequence without pad tokens (auto: where the first batch shows
     # it matches padding; true: an error where it does not).

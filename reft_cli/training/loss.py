@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from reft_cli.data.examples import IGNORE_INDEX
 from reft_cli.errors import ReftError
+from reft_cli.training.fused_head import FusedHead
 
 
 def next_token_targets(labels: Tensor) -> Tensor:
@@ -68,8 +69,13 @@ def check_selected(logits: Tensor, targets: Tensor) -> None:
         )
 
 
-def loss_sum(outputs: Tensor, targets: Tensor, task_type: str) -> tuple[Tensor, Tensor]:
-    """(sum of per-token or per-row losses, how many were summed), in fp32."""
+def loss_sum(
+    outputs: Tensor, targets: Tensor, task_type: str, fused: FusedHead | None = None
+) -> tuple[Tensor, Tensor]:
+    """(sum of per-token or per-row losses, how many were summed), in fp32. With `fused`, the
+    outputs are what the model returned inside `fused.deferred()`: its final hidden states."""
+    if fused is not None:
+        return fused.loss(outputs, targets), (targets != IGNORE_INDEX).sum()
     if task_type == "causal_lm":
         # ignore_index instead of selecting rows: no copy of the (vocabulary-wide) logits.
         total = F.cross_entropy(

@@ -32,6 +32,7 @@ from reft_cli.engine.architecture import find_block_stack
 from reft_cli.engine.positions import Positions
 from reft_cli.engine.reft_model import ReftModel
 from reft_cli.training.frozen_store import FrozenStore
+from reft_cli.training.grouped_attention import grouped, plan
 from reft_cli.training.loss import (
     cache_argument,
     check_selected,
@@ -39,7 +40,7 @@ from reft_cli.training.loss import (
     next_token_targets,
     takes_logits_to_keep,
 )
-from reft_cli.training.packing import Packer, exclusive_cumsum, flat, relative_error
+from reft_cli.training.packing import Packer, exclusive_cumsum, flat, key_budget, relative_error
 
 # The attention implementations that take a custom 4D mask, and the mask type each wants.
 _MASKED_ATTENTION = {"sdpa", "eager"}
@@ -85,6 +86,8 @@ class PrefixCache:
         self.packer = packer  # packs the plain path too, when caching steps back
         attention = getattr(model.model.config, "_attn_implementation", None)
         self.pack = packer is not None and attention in _MASKED_ATTENTION
+        # Packed rows attend in groups of at most this many keys (grouped_attention.py).
+        self.key_budget = key_budget(model) if self.pack else 0
         self.store = FrozenStore(budget_bytes, disk_bytes, disk_dir)
         self.cache_prefix = prefix
         path, self.blocks = find_block_stack(model.model)
@@ -117,6 +120,16 @@ class PrefixCache:
             reason=self.note,
             packed=self.active and self.pack,
         )
+
+    @property
+    def groups_rows(self) -> bool:
+        """Whether a micro-batch's rows attend in groups within one packed call, so a step can
+        hand its rows over in one micro-batch, ordered as step_plan.split_by_keys groups them."""
+        return self.active and self.pack and self.key_budget > 0
+
+    @property
+    def _attention(self) -> str:
+        return self.model.model.config._attn_implementation
 
     @staticmethod
     def applies(model: ReftModel, task_type: str) -> bool:
@@ -177,9 +190,11 @@ class PrefixCache:
             }
             ids, cols, targets = ids[valid][None], cols[valid][None], targets[valid][None]
             mask = self._packed_mask(layout, ids.device)
+            groups = plan(mask, layout.prefix, layout.suffix, self.key_budget, self._attention)
             past = self._packed_past(entries, self.start)
             feed = torch.cat([e["hidden"] for e in entries])[None] if self.start else None
         else:
+            groups = None
             past = self._past(entries, layout.width, self.start)
             feed = _stack_hidden(entries) if self.start else None
         kwargs = {}
@@ -187,7 +202,7 @@ class PrefixCache:
             keep = targets != IGNORE_INDEX
             kwargs["logits_to_keep"] = keep
             targets = targets[keep]
-        with self._from_start(feed):
+        with self._from_start(feed), grouped(self.model.model, groups):
             out = wrapped(
                 ids,
                 mask,
@@ -351,7 +366,7 @@ class PrefixCache:
         allowed = torch.cat(
             [query[:, None] == prefix[None], (query[:, None] == query[None]) & causal], dim=1
         )[None, None]
-        if self.model.model.config._attn_implementation == "sdpa":
+        if self._attention == "sdpa":
             return allowed
         dtype = next(self.model.model.parameters()).dtype
         return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(

@@ -34,6 +34,7 @@ from reft_cli.engine.folder_names import LOG_NAME, PLOT_NAME, TRAINING_CONFIG_NA
 from reft_cli.engine.reft_model import ReftModel
 from reft_cli.errors import ReftError
 from reft_cli.training.device_io import LossWatch, to_device
+from reft_cli.training.fused_head import FusedHead
 from reft_cli.training.guards import (
     RunLock,
     StopSignals,
@@ -149,6 +150,8 @@ class Trainer:
         cfg = self.cfg
         self.head_on_targets = cfg.lm_head_on_targets and takes_logits_to_keep(self.model.model)
         self.packer = self._packer()
+        # The head held back in training steps and run fused with the loss (fused_head.py).
+        self.fused_head = self._fused_head(run)
         # LoRA changes the computation at every position, so it leaves no prefix frozen.
         cache = run.method == "reft" and (cfg.cache_frozen_prefix or cfg.cache_frozen_layers)
         self.prefix_cache = (
@@ -257,7 +260,7 @@ class Trainer:
                 shards = group_by_length(shards, self._step_lengths(shards))
             if self.key_budget:
                 keys = {r: len(self.data.train[r].input_ids) for rows in shards for r in rows}
-                shards = split_by_keys(shards, keys, self.key_budget)
+                shards = self._by_keys(shards, keys)
             loss = self._step([self._batch(rows) for rows in shards if rows])
             self.watch.record(loss, progress.global_step)
             epoch = progress.epoch + progress.step_in_epoch / len(plan.steps)
@@ -323,14 +326,19 @@ class Trainer:
         total = torch.zeros((), device=acc.device)
         for i, batch in enumerate(micro):
             sync = acc.no_sync(self.wrapped) if i < len(micro) - 1 else contextlib.nullcontext()
+            fused = self.fused_head
+            head = fused.deferred() if fused else contextlib.nullcontext()
             with sync, acc.autocast():
-                if self.prefix_cache is not None:
-                    outputs, targets = self.prefix_cache.forward(self.wrapped, batch)
-                elif self.packer is not None:
-                    outputs, targets = self.packer.forward(self.wrapped, batch)
-                else:
-                    outputs, targets = forward(self.wrapped, batch, task_type, self.head_on_targets)
-                summed, _ = loss_sum(outputs, targets, task_type)
+                with head:
+                    if self.prefix_cache is not None:
+                        outputs, targets = self.prefix_cache.forward(self.wrapped, batch)
+                    elif self.packer is not None:
+                        outputs, targets = self.packer.forward(self.wrapped, batch)
+                    else:
+                        outputs, targets = forward(
+                            self.wrapped, batch, task_type, self.head_on_targets
+                        )
+                summed, _ = loss_sum(outputs, targets, task_type, fused)
             acc.backward(summed * self.world / count)
             total += summed.detach().float()
         with self.stops.deferred():
@@ -343,6 +351,24 @@ class Trainer:
             self.progress.step_in_epoch += 1
             self.step_rng = None  # the streams now stand at the next boundary
         return acc.reduce(total, "sum") / count
+
+    def _fused_head(self, run) -> FusedHead | None:
+        if not (self.cfg.fused_head_loss and run.model.task_type == "causal_lm"):
+            return None
+        with self.model.disable_adapter():
+            head = FusedHead(self.model.model)
+        return head if head.on else None
+
+    def _by_keys(self, shards: list[list[int]], keys: dict[int, int]) -> list[list[int]]:
+        """The step's micro-batches cut into groups of at most key_budget keys: one packed call
+        each, or, where the cache runs a micro-batch's groups apart within one call, the same
+        micro-batches with their rows in group order."""
+        if self.prefix_cache is not None and self.prefix_cache.groups_rows:
+            return [
+                [r for group in split_by_keys([rows], keys, self.key_budget) for r in group]
+                for rows in shards
+            ]
+        return split_by_keys(shards, keys, self.key_budget)
 
     def _packer(self) -> Packer | None:
         """Packing for train.packing=auto|true: ReFT on a causal LM only (a classifier reads each

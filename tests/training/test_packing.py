@@ -1,13 +1,18 @@
 """Packed rows give the padded path's losses and gradients, with and without the frozen-state
 cache, put each row's interventions where the row sits, and step back where a model cannot pack."""
 
+from unittest.mock import patch
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from reft_cli import ReftConfig, get_reft_model
 from reft_cli.engine.positions import Positions
 from reft_cli.errors import ReftError
+from reft_cli.training.grouped_attention import contiguous_groups
 from reft_cli.training.loss import forward
 from reft_cli.training.packing import Packer, packed_forward, packed_index
 from reft_cli.training.prefix_cache import PrefixCache
@@ -146,6 +151,45 @@ def test_a_batch_split_into_key_groups_equals_the_padded_batch(cached):
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     assert_equal_to_padded(model, batch(), grouped, True)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("switches", [{"prefix": True, "layers": True}, {"prefix": False}])
+def test_groups_attending_apart_in_one_call_equal_the_padded_batch(attention, switches):
+    """With a key budget, the cache runs the whole batch as one call and cuts only attention:
+    each group's queries against its own keys, through the model's own kernel."""
+    model = reft("l1", attention=attention)
+    packer = Packer(model, True, required=True)
+    cache = PrefixCache(model, 2**30, head_on_targets=True, packer=packer, **switches)
+    assert cache.groups_rows and cache.key_budget >= 256
+    cache.key_budget = 45
+    keys = dict(enumerate(LENGTHS))
+    order = [r for group in split_by_keys([list(keys)], keys, 45) for r in group]
+    data = {k: v[order] for k, v in batch().items()}  # rows in group order, as the Trainer sends
+    shapes = []
+    inner = ALL_ATTENTION_FUNCTIONS[attention] if attention == "sdpa" else eager_attention_forward
+
+    def spy(module, query, key, *args, **kwargs):
+        shapes.append((query.shape[2], key.shape[2]))
+        return inner(module, query, key, *args, **kwargs)
+
+    with patch.dict(ALL_ATTENTION_FUNCTIONS._global_mapping, {attention: spy}):
+        assert_equal_to_padded(model, data, cache.forward, True)
+    assert model.model.config._attn_implementation == attention  # switched back after the call
+    # Groups [1, 2] and [4, 3, 0] hold 41 + 4 and 13 + 9 + 6 keys; all rows at once would be 73.
+    seen = {keys for _, keys in shapes}
+    assert {45, 28} <= seen and sum(LENGTHS) not in seen
+
+
+def test_contiguous_groups_are_the_key_groups_in_their_order():
+    torch.manual_seed(5)
+    for _ in range(50):
+        keys = dict(enumerate(torch.randint(1, 60, (int(torch.randint(1, 12, ())),)).tolist()))
+        budget = int(torch.randint(20, 120, ()))
+        groups = split_by_keys([list(keys)], keys, budget)
+        ordered = [keys[r] for group in groups for r in group]
+        ranges = contiguous_groups(ordered, budget)
+        assert [end - start for start, end in ranges] == [len(g) for g in groups]
 
 
 def test_the_packed_cache_runs_each_rows_suffix_once_without_pads():

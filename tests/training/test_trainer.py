@@ -362,6 +362,7 @@ SPEED_UPS = (
     "cache_frozen_prefix",
     "cache_frozen_layers",
     "lm_head_on_targets",
+    "fused_head_loss",
     "group_by_length",
     "packing",
 )
@@ -399,7 +400,9 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
             assert loop.prefix_cache.state == CacheState(
                 on=True, prefix=True, layers=True, reason="", packed=True
             )
-            assert loop.head_on_targets
+            assert loop.head_on_targets and loop.fused_head is not None
+        else:
+            assert loop.fused_head is None
     assert any(regrouped)
     for step, loss in runs[False][0].items():
         assert runs[True][0][step] == pytest.approx(loss, abs=1e-5)
