@@ -202,6 +202,11 @@ class ReftModel(nn.Module):
     def _armed(self) -> bool:
         return self._plan is not None and self._enabled
 
+    def edit_site(self, key: Site, hidden: Tensor) -> Tensor:
+        """The edits the running forward pass makes at `key`, applied to `hidden`: for a caller
+        that feeds a site's states from a cache instead of running the module the hook sits on."""
+        return self._edit(key, hidden) if self._armed() else hidden
+
     def _edit(self, key: Site, hidden: Tensor) -> Tensor:
         """Every planned adapter's edits at this site, each over the whole batch."""
         plan = self._plan

@@ -4,11 +4,13 @@ The base model is frozen and causal, so two parts of every training step are the
 - the prefix: positions before a row's first intervened position see no edit at any layer, so their
   keys and values never change;
 - the lower layers: below the lowest intervened layer no position sees an edit, so the input to that
-  layer never changes.
+  layer never changes; where that layer is edited at its output only, its output never changes
+  either (the edit is applied after it).
 The first time an example is seen, the frozen model computes them once: the prefix's keys and values
-from that layer up, and that layer's input over the rest of the row. They are kept within budget
-(frozen_store.py). A step then runs only the blocks from the lowest intervened layer up, only over
-the rest of each row, attending to the cached prefix through the KV cache; the backward pass ends
+from the first block a step runs up, and that block's input over the rest of the row. They are kept
+within budget (frozen_store.py). A step then runs only the blocks from there up (applying the lowest
+layer's output edits to the cached input when that layer itself is skipped), only over the rest of
+each row, attending to the cached prefix through the KV cache; the backward pass ends
 there too. The first batch is also run the plain way and compared; where a model's forward cannot
 be cut like this, caching steps back (first packing, then the layers, then the prefix) and says
 why. With packing, the rows' suffixes run as one sequence and their prefixes as one KV cache, with a
@@ -93,8 +95,14 @@ class PrefixCache:
         path, self.blocks = find_block_stack(model.model)
         parent, _, self._stack_name = path.rpartition(".")
         self._stack_parent = model.model.get_submodule(parent)
-        lowest = min((site.layer for site in model.reft_config.interventions), default=0)
-        self.start = lowest if layers else 0  # the first block a step runs
+        sites = model.reft_config.interventions
+        lowest = min((site.layer for site in sites), default=0)
+        # A block edited only at its output is itself frozen: its output comes from the cache
+        # too, and a step applies the block's edits to that (the last block is always run).
+        frozen = bool(sites) and lowest + 1 < len(self.blocks)
+        frozen = frozen and all(s.component == "block_output" for s in sites if s.layer == lowest)
+        self.start = lowest + frozen if layers else 0  # the first block a step runs
+        self.fed_site = (lowest, "block_output") if layers and frozen else None
         self.head_on_targets = head_on_targets and takes_logits_to_keep(model.model)
         self.cache_name = cache_argument(model.model)
         self.hits = 0  # rows whose frozen states came from the cache
@@ -217,7 +225,8 @@ class PrefixCache:
 
     @contextmanager
     def _from_start(self, feed: Tensor | None) -> Iterator[None]:
-        """Inside: the base model runs blocks `start`.. only, and block `start` gets `feed`.
+        """Inside: the base model runs blocks `start`.. only, and block `start` gets `feed`, with
+        the skipped block's output edits applied when the cache skips the lowest intervened block.
 
         The hook sits outside the block's own forward, which is what gradient checkpointing
         recomputes, so a recompute after this block has exited still sees `feed`.
@@ -227,9 +236,10 @@ class PrefixCache:
             return
 
         def substitute(_module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            hidden = feed if self.fed_site is None else self.model.edit_site(self.fed_site, feed)
             if args:
-                return (feed, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": feed}
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
 
         stack = getattr(self._stack_parent, self._stack_name)
         handle = stack[self.start].register_forward_pre_hook(
@@ -406,7 +416,7 @@ class PrefixCache:
         self.store.clear()
         self.hits = self.misses = 0
         if self.start:
-            self.start = 0
+            self.start, self.fed_site = 0, None
             self.note = f"layer caching off: {reason}"
         else:
             self.active = False

@@ -197,14 +197,19 @@ def test_the_packed_cache_runs_each_rows_suffix_once_without_pads():
     cache = PrefixCache(model, 2**30, head_on_targets=True, packer=Packer(model, True, True))
     data = batch()
     cache.forward(model, data)  # the check and the states
-    seen = []
-    cache.blocks[2].register_forward_pre_hook(
-        lambda _m, args, kwargs: seen.append((args or (kwargs["hidden_states"],))[0].shape),
-        with_kwargs=True,
-    )
+    seen = {2: [], 3: []}
+    for block in seen:
+        cache.blocks[block].register_forward_pre_hook(
+            lambda _m, args, kwargs, block=block: seen[block].append(
+                (args or (kwargs["hidden_states"],))[0].shape
+            ),
+            with_kwargs=True,
+        )
     cache.forward(model, data)
-    # l1 leaves the last prompt token and the response: n - p + 1 positions per row
-    assert seen == [(1, sum(n - p + 1 for n, p in zip(LENGTHS, PROMPTS, strict=True)), 32)]
+    # Block 2 is edited at its output only, so the step starts at block 3; l1 leaves the last
+    # prompt token and the response: n - p + 1 positions per row.
+    suffix = sum(n - p + 1 for n, p in zip(LENGTHS, PROMPTS, strict=True))
+    assert seen == {2: [], 3: [(1, suffix, 32)]}
 
 
 def test_a_model_that_does_not_match_packed_steps_back_to_padding(monkeypatch):

@@ -94,7 +94,8 @@ def test_every_optimization_on_equals_the_plain_path(share_weights, positions, l
     # Tied input and output embeddings, as in SmolLM2: the head's gradient path meets the inputs'.
     model = adapter(positions, share_weights, layers, base_model(tie_word_embeddings=True))
     cache = PrefixCache(model, 2**30, head_on_targets=True)
-    assert cache.start == min(layers) and cache.head_on_targets
+    # The lowest layer is edited at its output only, so its own block is frozen too.
+    assert cache.start == min(layers) + 1 and cache.head_on_targets
     data = batch()
     assert_same(model, data, cache)
     assert cache.active and not cache.note
@@ -115,7 +116,7 @@ def test_every_optimization_on_equals_the_plain_path(share_weights, positions, l
 def test_each_optimization_alone_equals_the_plain_path(switches):
     model = adapter("l2", True, [1, 3])
     cache = PrefixCache(model, 2**30, **switches)
-    assert cache.start == (1 if switches["layers"] else 0)
+    assert cache.start == (2 if switches["layers"] else 0)
     assert_same(model, batch(), cache)
     assert_stayed_on(cache, prefix=switches["prefix"], layers=switches["layers"])
 
@@ -125,7 +126,7 @@ def test_other_families_run_from_the_lowest_layer(family):
     model = adapter("l2", True, [2, 3], tiny_model(family, num_layers=4))
     cache = PrefixCache(model, 2**30, head_on_targets=True)
     assert_same(model, batch(), cache)
-    assert cache.active and cache.start == 2 and not cache.note
+    assert cache.active and cache.start == 3 and not cache.note
     assert_stayed_on(cache, prefix=True, layers=True)
 
 
@@ -165,7 +166,7 @@ def test_states_are_computed_once_and_then_read():
     cache.forward(model, data)
     assert (cache.misses, cache.hits) == (4, 8)
     assert len(cache.store) == 4 and "4 examples" in cache.describe()
-    assert "input to layer 2" in cache.describe()
+    assert "input to layer 3" in cache.describe()
     assert_stayed_on(cache, prefix=True, layers=True)
 
 
@@ -236,6 +237,27 @@ def test_a_base_model_with_dropout_is_never_cached():
         layers=False,
         reason="frozen-state cache off: the base model has dropout (p=0.1)",
     )
+
+
+@pytest.mark.parametrize(
+    ("layers", "component", "start"),
+    [
+        ([1, 3], "attention_output", 1),  # an edit inside block 1: it must run
+        ([1, 3], "block_input", 1),  # an edit of block 1's input: it must run
+        ([3], "block_output", 3),  # the last block always runs (it feeds the head)
+        ([0, 2], "block_output", 1),  # block 0 alone is frozen and its output cached
+    ],
+)
+def test_a_step_runs_from_the_first_block_an_edit_reaches(layers, component, start):
+    model = adapter("l2", True, layers, component=component)
+    cache = PrefixCache(model, 2**30, head_on_targets=True)
+    assert cache.start == start
+    assert cache.fed_site == ((start - 1, "block_output") if start > min(layers) else None)
+    assert_same(model, batch(), cache)
+    assert_stayed_on(cache, prefix=True, layers=True)
+    skipped = count_calls(model.architecture.blocks[start - 1])
+    cache.forward(model, batch())
+    assert skipped == []
 
 
 def test_gradient_checkpointing_keeps_layer_caching_and_equal_gradients():

@@ -227,13 +227,13 @@ def test_the_loss_is_read_back_only_at_logging_steps(llama_dir, data_file, tmp_p
     summary = loop.train()
     assert read_at == [3, 6, 7, 7]  # the logging steps (and the last), then the end of the run
     assert sorted(logged(tmp_path / "run")) == [3, 6, 7] and summary.final_loss is not None
-    # Inside a step only the frozen-state cache reads the host: once per micro-batch, its layout
-    # (this adapter, at layer 0 from the first prompt token, leaves it nothing else to read), plus
-    # on the first step the check that runs the cached path once more and reads its error (the
-    # comparison lives in packing.py, shared with the packed path's check); never the loop or the
-    # loss.
+    # Inside a step only the frozen-state cache reads the host: twice per micro-batch, its layout
+    # and the rows' example ids (this adapter, at layer 0's output from the first prompt token,
+    # has block 0's output cached), plus on the first step the check that runs the cached path
+    # once more and reads its error (the comparison lives in packing.py, shared with the packed
+    # path's check); never the loop or the loss.
     checks = {"reft_cli.training.prefix_cache", "reft_cli.training.packing"}
-    assert set(reads) <= checks and len(reads) == 7 + 2
+    assert set(reads) <= checks and len(reads) == 7 * 2 + 3
 
 
 def test_ctrl_c_saves_a_checkpoint_to_resume_from(llama_dir, data_file, tmp_path, monkeypatch):
@@ -347,10 +347,10 @@ def test_frozen_prefix_cache_switch_gives_the_same_run(llama_dir, data_file, tmp
         )
         loop.train()
         runs[switch] = (logged(out), weights(out))
-        # Layer 0 is intervened, so only the prefix can be cached; with the switch on, it was
-        # cached all run long (no step back to the plain path), with the rows packed (the default).
+        # Layer 0 is edited at its output, so block 0's output is cached, and the prefix with the
+        # switch on, all run long (no step back to the plain path), with the rows packed.
         assert loop.prefix_cache.state == CacheState(
-            on=True, prefix=switch, layers=False, reason="", packed=True
+            on=True, prefix=switch, layers=True, reason="", packed=True
         )
     for step, loss in runs[False][0].items():
         assert runs[True][0][step] == pytest.approx(loss, abs=1e-5)
@@ -396,7 +396,7 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
         loop.train()
         runs[switch] = (logged(out), weights(out))
         if switch:  # the cache ran from layer 1, not stepping back to the plain path
-            assert loop.prefix_cache.active and loop.prefix_cache.start == 1
+            assert loop.prefix_cache.active and loop.prefix_cache.start == 2
             assert loop.prefix_cache.state == CacheState(
                 on=True, prefix=True, layers=True, reason="", packed=True
             )
