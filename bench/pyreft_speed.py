@@ -7,11 +7,10 @@ schedule, gradient clipping at 1.0, as in transformers' Trainer) and the same in
 weights: reft's initial adapter, exported with `reft export --format pyreft` and loaded by
 pyreft.ReftModel.load, so the first losses must agree. Each side trains in its own process (its
 peak resident memory is its own), the two alternate, round after round. A step is reft's training
-step as the Trainer runs it (frozen-state cache, packing with grouped attention, lm head on
-targets fused with the loss) and pyreft's as its
-ReftTrainer.compute_loss runs it. Every step after the first trains the same rows again, as later
-epochs do (the quick start's ten examples are one batch); the first step, which fills reft's cache,
-is printed apart. Each side also counts the FLOPs of one more step (bench/flops.py): their ratio is
+step as the Trainer runs it (frozen-state cache, one packed call attending in key groups, the lm
+head on targets fused with the loss) and pyreft's as its ReftTrainer.compute_loss runs it. Every
+step after the first trains the same rows again, as later epochs do (the quick start's ten examples
+are one batch); the first step, which fills reft's cache, is printed apart. Each side also counts the FLOPs of one more step (bench/flops.py): their ratio is
 how much less arithmetic reft does, the speed-up it can give without doing the same arithmetic
 faster.
 
@@ -169,10 +168,10 @@ def train_reft(folder: Path) -> dict:
     from reft_cli.engine.base_models import load_model
     from reft_cli.engine.reft_model import ReftModel
     from reft_cli.training.fused_head import FusedHead
+    from reft_cli.training.grouped_attention import contiguous_groups
     from reft_cli.training.loss import loss_sum
-    from reft_cli.training.packing import Packer, key_budget
+    from reft_cli.training.packing import Packer
     from reft_cli.training.prefix_cache import PrefixCache
-    from reft_cli.training.step_plan import split_by_keys
 
     spec = json.loads((folder / "spec.json").read_text())
     clock = time.process_time if spec["cpu_time"] else time.perf_counter
@@ -188,10 +187,8 @@ def train_reft(folder: Path) -> dict:
         fused = FusedHead(model.model)
     assert fused.on, "the head did not fuse"
     examples = spec["examples"]
-    keys = {i: len(e["input_ids"]) for i, e in enumerate(examples)}  # as the Trainer groups
-    groups = split_by_keys([list(keys)], keys, key_budget(model))
-    order = [row for group in groups for row in group]  # one call, attending in groups
-    part = batch_of([examples[i] for i in order], spec["pad_id"], order)
+    part = batch_of(examples, spec["pad_id"])  # one call, consecutive rows attending in groups
+    groups = contiguous_groups([len(e["input_ids"]) for e in examples], cache.key_budget)
     count = sum(len(e["input_ids"]) - e["prompt_length"] for e in examples)
 
     def step() -> torch.Tensor:
@@ -215,7 +212,7 @@ def train_reft(folder: Path) -> dict:
     flops = step_flops(step)  # one more step, after the timed ones, so it changes none of them
     note = (
         f"{cache.describe()}; one packed call attending in {len(groups)} groups of at most "
-        f"{key_budget(model)} keys; head fused with the loss"
+        f"{cache.key_budget} keys; head fused with the loss"
     )
     return {"seconds": seconds, "losses": losses, "flops": flops, "note": note}
 

@@ -27,6 +27,7 @@ SPEED_UPS = (
     "cache_frozen_prefix",
     "cache_frozen_layers",
     "lm_head_on_targets",
+    "fused_head_loss",
     "group_by_length",
     "packing",
 )

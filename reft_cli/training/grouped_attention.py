@@ -50,8 +50,8 @@ _PLAN: ContextVar[Plan | None] = ContextVar("reft_grouped_plan", default=None)
 
 
 def contiguous_groups(keys: list[int], budget: int) -> list[tuple[int, int]]:
-    """[start, end) row ranges in order, each holding at most `budget` keys (a longer row alone).
-    Rows ordered as step_plan.split_by_keys groups them come back in exactly those groups."""
+    """[start, end) ranges of consecutive rows, each holding at most `budget` keys (a longer row
+    alone): rows keep their order, so a step draws the same dropout masks as the plain path."""
     ranges, start, held = [], 0, 0
     for row, n in enumerate(keys):
         if row > start and held + n > budget:

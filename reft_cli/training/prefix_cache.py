@@ -131,8 +131,8 @@ class PrefixCache:
 
     @property
     def groups_rows(self) -> bool:
-        """Whether a micro-batch's rows attend in groups within one packed call, so a step can
-        hand its rows over in one micro-batch, ordered as step_plan.split_by_keys groups them."""
+        """Whether a micro-batch's rows attend in groups within one packed call (consecutive rows
+        of at most key_budget keys), so a step hands its rows over in one micro-batch."""
         return self.active and self.pack and self.key_budget > 0
 
     @property

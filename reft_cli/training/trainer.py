@@ -360,14 +360,11 @@ class Trainer:
         return head if head.on else None
 
     def _by_keys(self, shards: list[list[int]], keys: dict[int, int]) -> list[list[int]]:
-        """The step's micro-batches cut into groups of at most key_budget keys: one packed call
-        each, or, where the cache runs a micro-batch's groups apart within one call, the same
-        micro-batches with their rows in group order."""
+        """The step's micro-batches cut into groups of at most key_budget keys, one packed call
+        each; where the cache runs a micro-batch's groups apart within one call, the micro-batches
+        as planned (their rows in order, so dropout draws the plain path's masks)."""
         if self.prefix_cache is not None and self.prefix_cache.groups_rows:
-            return [
-                [r for group in split_by_keys([rows], keys, self.key_budget) for r in group]
-                for rows in shards
-            ]
+            return shards
         return split_by_keys(shards, keys, self.key_budget)
 
     def _packer(self) -> Packer | None:

@@ -163,9 +163,7 @@ def test_groups_attending_apart_in_one_call_equal_the_padded_batch(attention, sw
     cache = PrefixCache(model, 2**30, head_on_targets=True, packer=packer, **switches)
     assert cache.groups_rows and cache.key_budget >= 256
     cache.key_budget = 45
-    keys = dict(enumerate(LENGTHS))
-    order = [r for group in split_by_keys([list(keys)], keys, 45) for r in group]
-    data = {k: v[order] for k, v in batch().items()}  # rows in group order, as the Trainer sends
+    data = batch()
     shapes = []
     inner = ALL_ATTENTION_FUNCTIONS[attention] if attention == "sdpa" else eager_attention_forward
 
@@ -176,20 +174,16 @@ def test_groups_attending_apart_in_one_call_equal_the_padded_batch(attention, sw
     with patch.dict(ALL_ATTENTION_FUNCTIONS._global_mapping, {attention: spy}):
         assert_equal_to_padded(model, data, cache.forward, True)
     assert model.model.config._attn_implementation == attention  # switched back after the call
-    # Groups [1, 2] and [4, 3, 0] hold 41 + 4 and 13 + 9 + 6 keys; all rows at once would be 73.
+    # Consecutive rows of at most 45 keys: [0], [1, 2] and [3, 4] hold 6, 41 + 4 and 9 + 13; all
+    # rows at once would be 73.
     seen = {keys for _, keys in shapes}
-    assert {45, 28} <= seen and sum(LENGTHS) not in seen
+    assert {45, 22} <= seen and sum(LENGTHS) not in seen
 
 
-def test_contiguous_groups_are_the_key_groups_in_their_order():
-    torch.manual_seed(5)
-    for _ in range(50):
-        keys = dict(enumerate(torch.randint(1, 60, (int(torch.randint(1, 12, ())),)).tolist()))
-        budget = int(torch.randint(20, 120, ()))
-        groups = split_by_keys([list(keys)], keys, budget)
-        ordered = [keys[r] for group in groups for r in group]
-        ranges = contiguous_groups(ordered, budget)
-        assert [end - start for start, end in ranges] == [len(g) for g in groups]
+def test_contiguous_groups_keep_the_row_order_within_the_budget():
+    assert contiguous_groups([6, 41, 4, 9, 13], 45) == [(0, 1), (1, 3), (3, 5)]
+    assert contiguous_groups([50, 3, 60], 45) == [(0, 1), (1, 2), (2, 3)]  # longer rows alone
+    assert contiguous_groups([5, 5, 5], 45) == [(0, 3)] and contiguous_groups([], 45) == []
 
 
 def test_the_packed_cache_runs_each_rows_suffix_once_without_pads():

@@ -410,6 +410,34 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
         torch.testing.assert_close(runs[True][1][key], value, atol=1e-5, rtol=1e-5)
 
 
+def test_under_dropout_the_speed_ups_draw_the_plain_paths_masks(llama_dir, tmp_path):
+    """Rows keep their order in a step's one packed call, so the interventions' dropout draws the
+    same masks for the same rows as on the plain path, and the runs are the same."""
+    varied = tmp_path / "varied.jsonl"
+    rows = [
+        {"prompt": "say " + w * (i % 5 + 1), "response": w * (i % 7 + 1)}
+        for i, w in enumerate("abcdefgh")
+    ]
+    varied.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for switch in (True, False):
+        out = tmp_path / str(switch)
+        run = config(
+            llama_dir,
+            varied,
+            out,
+            dropout=0.3,
+            positions="l2",
+            layers=(1, 2),
+            **dict.fromkeys(SPEED_UPS, switch),
+        )
+        Trainer(run, Console(quiet=True)).train()
+        runs[switch] = logged(out)
+    assert len(set(runs[False].values())) > 1
+    for step, loss in runs[False].items():
+        assert runs[True][step] == pytest.approx(loss, abs=1e-5)
+
+
 def test_eval_loss_with_the_head_on_targets_equals_the_full_head(
     llama_dir, data_file, tmp_path, monkeypatch
 ):
