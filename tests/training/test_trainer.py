@@ -358,6 +358,17 @@ def test_frozen_prefix_cache_switch_gives_the_same_run(llama_dir, data_file, tmp
         torch.testing.assert_close(runs[True][1][key], value, atol=1e-5, rtol=1e-5)
 
 
+def varied_rows(folder, letters: str):
+    """A data file of one row per letter, its prompt and response of many lengths."""
+    path = folder / "varied.jsonl"
+    rows = [
+        {"prompt": "say " + w * (i % 5 + 1), "response": w * (i % 7 + 1)}
+        for i, w in enumerate(letters)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 SPEED_UPS = (
     "cache_frozen_prefix",
     "cache_frozen_layers",
@@ -381,12 +392,7 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
     monkeypatch.setattr(trainer, "group_by_length", spy)
     # Rows of many lengths and accumulation make length grouping regroup rows; layer 1 leaves
     # block 0 to the cache.
-    varied = tmp_path / "varied.jsonl"
-    rows = [
-        {"prompt": "say " + w * (i % 5 + 1), "response": w * (i % 7 + 1)}
-        for i, w in enumerate("abcdefghijklmnop")
-    ]
-    varied.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    varied = varied_rows(tmp_path, "abcdefghijklmnop")
     runs = {}
     for switch in (True, False):
         out = tmp_path / str(switch)
@@ -413,12 +419,7 @@ def test_the_speed_ups_give_the_same_run_as_the_plain_path(llama_dir, tmp_path, 
 def test_under_dropout_the_speed_ups_draw_the_plain_paths_masks(llama_dir, tmp_path):
     """Rows keep their order in a step's one packed call, so the interventions' dropout draws the
     same masks for the same rows as on the plain path, and the runs are the same."""
-    varied = tmp_path / "varied.jsonl"
-    rows = [
-        {"prompt": "say " + w * (i % 5 + 1), "response": w * (i % 7 + 1)}
-        for i, w in enumerate("abcdefgh")
-    ]
-    varied.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    varied = varied_rows(tmp_path, "abcdefgh")
     runs = {}
     for switch in (True, False):
         out = tmp_path / str(switch)
