@@ -206,6 +206,29 @@ def test_the_packed_cache_runs_each_rows_suffix_once_without_pads():
     assert seen == {2: [], 3: [(1, suffix, 32)]}
 
 
+def test_rows_of_equal_length_run_padded_after_a_packed_check():
+    """Packed rows attend across rows within a group, which costs more than a few pads: a batch
+    with almost no padding runs padded, equal to the plain path; the first batch's check still
+    runs the packed path, so a model that cannot pack is found even then."""
+    model = reft("l1", True, layers=(2,))
+    cache = PrefixCache(model, 2**30, head_on_targets=True, packer=Packer(model, True, True))
+    equal = batch(lengths=(9, 9, 9), prompts=(4, 4, 4))
+    seen = []
+    cache.blocks[3].register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append((args or (kwargs["hidden_states"],))[0].shape),
+        with_kwargs=True,
+    )
+    assert_equal_to_padded(model, equal, cache.forward, True)
+    # The plain path runs whole rows (3, 9); the check once packed (1, ...); the two cached
+    # passes padded, over each row's last prompt token and response (3, 6).
+    assert sum(shape[0] == 1 for shape in seen) == 1
+    assert sum(tuple(shape[:2]) == (3, 6) for shape in seen) == 2
+    assert cache.state.packed
+    seen.clear()
+    cache.forward(model, {**batch(), "example_ids": torch.arange(10, 15)})  # mixed: packed
+    assert seen[-1][0] == 1  # after the new rows' frozen states are computed (padded)
+
+
 def test_a_model_that_does_not_match_packed_steps_back_to_padding(monkeypatch):
     # A model that ignores the packed rows' position ids in its mask: every row would attend to the
     # rows before it. Emulated by a mask factory that finds no packed sequences.
