@@ -10,9 +10,9 @@ peak resident memory is its own), the two alternate, round after round. A step i
 step as the Trainer runs it (frozen-state cache, one packed call attending in key groups, the lm
 head on targets fused with the loss) and pyreft's as its ReftTrainer.compute_loss runs it. Every
 step after the first trains the same rows again, as later epochs do (the quick start's ten examples
-are one batch); the first step, which fills reft's cache, is printed apart. Each side also counts the FLOPs of one more step (bench/flops.py): their ratio is
-how much less arithmetic reft does, the speed-up it can give without doing the same arithmetic
-faster.
+are one batch); the first step, which fills reft's cache, is printed apart. Each side also counts
+the FLOPs of one more step (bench/flops.py): their ratio is how much less arithmetic reft does, the
+speed-up it can give without doing the same arithmetic faster.
 
 Shapes: (a) pyreft's quick start: the ten emoji examples under the model's chat template with its
 default system prompt, one rank-4 LoReFT at layer 15 on the last prompt token, batch 10, lr 4e-3;

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 from torch import Tensor, nn
@@ -72,8 +73,8 @@ def plan(
     ranges = contiguous_groups(keys, budget) if budget > 0 else [(0, len(keys))]
     if len(ranges) < 2:
         return None
-    prefix_at = [0, *torch.tensor(prefix).cumsum(0).tolist()]
-    suffix_at = [0, *torch.tensor(suffix).cumsum(0).tolist()]
+    prefix_at = [0, *accumulate(prefix)]
+    suffix_at = [0, *accumulate(suffix)]
     total = prefix_at[-1]
     groups = []
     for start, end in ranges:

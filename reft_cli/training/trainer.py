@@ -324,20 +324,17 @@ class Trainer:
         )
         count = acc.reduce(local.float(), "sum").clamp(min=1)
         total = torch.zeros((), device=acc.device)
+        fused = self.fused_head
         for i, batch in enumerate(micro):
             sync = acc.no_sync(self.wrapped) if i < len(micro) - 1 else contextlib.nullcontext()
-            fused = self.fused_head
             head = fused.deferred() if fused else contextlib.nullcontext()
-            with sync, acc.autocast():
-                with head:
-                    if self.prefix_cache is not None:
-                        outputs, targets = self.prefix_cache.forward(self.wrapped, batch)
-                    elif self.packer is not None:
-                        outputs, targets = self.packer.forward(self.wrapped, batch)
-                    else:
-                        outputs, targets = forward(
-                            self.wrapped, batch, task_type, self.head_on_targets
-                        )
+            with sync, acc.autocast(), head:
+                if self.prefix_cache is not None:
+                    outputs, targets = self.prefix_cache.forward(self.wrapped, batch)
+                elif self.packer is not None:
+                    outputs, targets = self.packer.forward(self.wrapped, batch)
+                else:
+                    outputs, targets = forward(self.wrapped, batch, task_type, self.head_on_targets)
                 summed, _ = loss_sum(outputs, targets, task_type, fused)
             acc.backward(summed * self.world / count)
             total += summed.detach().float()
